@@ -1,0 +1,180 @@
+"""LightningModule that trains a :class:`~mrl.model.MatryoshkaClassifier` with the Matryoshka loss."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import lightning as L
+import torch
+
+from mrl.errors import ConfigError
+from mrl.losses import MatryoshkaLoss
+from mrl.metrics import SizeAccuracy
+from mrl.model import create_model
+from mrl.nesting import resolve_loss_weights
+from mrl.optim import create_optimizer, create_scheduler
+
+CHECKPOINT_KEY = "mrl"
+
+
+class MatryoshkaModule(L.LightningModule):
+    """Backbone + Matryoshka head + loss, with per-size accuracy.
+
+    Logs ``train/loss`` (and ``train/loss@{m}``), and for ``val``/``test``: ``{stage}/top1@{m}``,
+    ``{stage}/top5@{m}`` and their means over sizes. Plain keyword arguments only, so
+    ``MatryoshkaModule.load_from_checkpoint(path)`` rebuilds the model without Hydra.
+
+    Args:
+        backbone: arguments of :func:`mrl.backbones.create_backbone` (``name``, ``pretrained``, ...).
+        head: ``mrl``, ``mrle`` or ``ff``.
+        nesting_dims: ``"auto"`` or a strictly increasing list of sizes.
+        loss_weights: per-size weights of the loss (``None``: all ones).
+        optimizer: arguments of :func:`mrl.optim.create_optimizer`; ``lr_reference_batch`` (if set)
+            scales ``lr`` by ``global_batch / lr_reference_batch``, the linear scaling rule.
+        scheduler: ``name`` and arguments of :func:`mrl.optim.create_scheduler` (``warmup_epochs``...).
+        class_names: class index -> name, stored in checkpoints so indices stay meaningful.
+    """
+
+    def __init__(self, backbone: Mapping[str, Any], num_classes: int, head: str = "mrl",
+                 nesting_dims: str | Sequence[int] = "auto", loss_weights: Sequence[float] | None = None,
+                 label_smoothing: float = 0.0, optimizer: Mapping[str, Any] | None = None,
+                 scheduler: Mapping[str, Any] | None = None, class_names: Sequence[str] | None = None,
+                 channels_last: bool = False):
+        super().__init__()
+        self.save_hyperparameters()
+        self.model = create_model(dict(backbone), head=head, num_classes=num_classes, nesting_dims=nesting_dims)
+        self.nesting_dims = self.model.nesting_dims
+        if not 0.0 <= label_smoothing < 1.0:
+            raise ConfigError("model.label_smoothing", f"must be in [0, 1), got {label_smoothing}")
+        self.criterion = MatryoshkaLoss(resolve_loss_weights(loss_weights, self.nesting_dims), label_smoothing)
+        self.optimizer_cfg = dict(optimizer or {"name": "sgd", "lr": 0.1})
+        self.scheduler_cfg = dict(scheduler or {"name": "none"})
+        self.class_names = list(class_names) if class_names is not None else None
+        if self.class_names is not None and len(self.class_names) != num_classes:
+            raise ConfigError("model.num_classes", f"is {num_classes} but the data has {len(self.class_names)} classes",
+                              "leave model.num_classes to the data (the presets use ${data.num_classes})")
+        self.channels_last = channels_last
+        self.accuracy = {stage: SizeAccuracy(self.nesting_dims) for stage in ("val", "test")}
+        self.results: dict[str, dict[str, float]] = {}
+        if channels_last:
+            self.model.to(memory_format=torch.channels_last)
+
+    @property
+    def head_type(self) -> str:
+        return self.hparams.head
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits ``[G, B, C]``."""
+        if self.channels_last and x.ndim == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return self.model(x)
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """Full-width embedding ``[B, width]``; its first m coordinates are the size-m embedding."""
+        if self.channels_last and x.ndim == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return self.model.embed(x)
+
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        x, y = batch
+        per_size = self.criterion.per_size(self(x), y)
+        loss = (per_size * self.criterion.weights).sum()
+        self.log("train/loss", loss, prog_bar=True, batch_size=y.numel())
+        self.log_dict({f"train/loss@{m}": l for m, l in zip(self.nesting_dims, per_size.detach())},
+                      batch_size=y.numel())
+        return loss
+
+    def _eval_step(self, stage: str, batch) -> None:
+        x, y = batch
+        logits = self(x)
+        self.accuracy[stage].update(logits, y)
+        self.log(f"{stage}/loss", self.criterion(logits, y), batch_size=y.numel(), sync_dist=True)
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        self._eval_step("val", batch)
+
+    def test_step(self, batch, batch_idx: int) -> None:
+        self._eval_step("test", batch)
+
+    def _eval_epoch_end(self, stage: str) -> None:
+        acc = self.accuracy[stage]
+        # Sum exact counts over ranks, so the figure is the accuracy over the whole split.
+        correct = self.trainer.strategy.reduce(acc.correct.to(self.device), reduce_op="sum")
+        total = self.trainer.strategy.reduce(acc.total.to(self.device), reduce_op="sum")
+        metrics = acc.compute(correct.cpu(), total.cpu())
+        metrics["num_samples"] = int(total)
+        self.results[stage] = metrics
+        # Already reduced over ranks; the full-size top-1 also goes to the progress bar.
+        full = f"top1@{self.nesting_dims[-1]}"
+        for key, value in metrics.items():
+            if key != "num_samples":
+                self.log(f"{stage}/{key}", float(value), prog_bar=key == full, sync_dist=False)
+        acc.reset()
+
+    def on_validation_epoch_start(self) -> None:
+        self.accuracy["val"].reset()
+
+    def on_test_epoch_start(self) -> None:
+        self.accuracy["test"].reset()
+
+    def on_validation_epoch_end(self) -> None:
+        self._eval_epoch_end("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._eval_epoch_end("test")
+
+    def configure_optimizers(self):
+        cfg = dict(self.optimizer_cfg)
+        reference_batch = cfg.pop("lr_reference_batch", None)
+        if reference_batch:
+            cfg["lr"] = cfg["lr"] * self._global_batch_size() / reference_batch
+        optimizer = create_optimizer(self.model, **cfg)
+        sched = dict(self.scheduler_cfg)
+        name = sched.pop("name", "none")
+        if name == "none":
+            return optimizer
+        total_steps = int(self.trainer.estimated_stepping_batches)
+        epochs = max(int(self.trainer.max_epochs or 1), 1)
+        steps_per_epoch = max(total_steps // epochs, 1)
+        scheduler = create_scheduler(optimizer, name, total_steps, steps_per_epoch, **sched)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def _global_batch_size(self) -> int:
+        datamodule = getattr(self.trainer, "datamodule", None)
+        if datamodule is None or not hasattr(datamodule, "batch_size"):
+            raise ConfigError("model.optimizer.lr_reference_batch", "needs a datamodule with a batch_size",
+                              "set lr_reference_batch=null and give the final lr")
+        return datamodule.batch_size * self.trainer.world_size * self.trainer.accumulate_grad_batches
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint[CHECKPOINT_KEY] = {"head": self.head_type, "nesting_dims": list(self.nesting_dims),
+                                      "num_classes": self.hparams.num_classes, "class_names": self.class_names,
+                                      "width": self.model.width}
+
+
+def check_resume_compatible(checkpoint_path: str, module: MatryoshkaModule) -> None:
+    """Fail before training when a resume checkpoint was made for another head, sizes or classes."""
+    from pathlib import Path
+
+    path = Path(checkpoint_path).expanduser()
+    if not path.is_file():
+        raise ConfigError("ckpt_path", f"{path} does not exist", "give the path of a .ckpt file, or drop ckpt_path")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as err:
+        raise ConfigError("ckpt_path", f"cannot read checkpoint {path} ({type(err).__name__})",
+                          "give a checkpoint written by this project") from None
+    meta = ckpt.get(CHECKPOINT_KEY) if isinstance(ckpt, dict) else None
+    if meta is None:
+        raise ConfigError("ckpt_path", f"{path} is not an mrl checkpoint (no '{CHECKPOINT_KEY}' entry)",
+                          "give a checkpoint written by scripts/train.py")
+    mine = {"head": module.head_type, "nesting_dims": list(module.nesting_dims),
+            "num_classes": module.hparams.num_classes}
+    for key, value in mine.items():
+        if meta[key] != value:
+            raise ConfigError("ckpt_path", f"checkpoint has {key}={meta[key]} but the config has {key}={value}",
+                              f"set model.{key}={meta[key]} to resume it, or start a new run without ckpt_path")
+    if module.class_names is not None and meta.get("class_names") not in (None, module.class_names):
+        raise ConfigError("ckpt_path", "checkpoint's class names differ from the data's classes",
+                          "resume with the data the checkpoint was trained on")

@@ -1,0 +1,69 @@
+"""Experiment loggers: CSV always, Weights & Biases when configured, offline unless it can sync.
+
+A run must never stop at a W&B login prompt or wait on an unreachable server: without credentials
+or without network, W&B runs in offline mode (sync later with ``wandb sync <run dir>/wandb``).
+"""
+
+from __future__ import annotations
+
+import netrc
+import os
+import socket
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+from lightning.pytorch.loggers import CSVLogger, Logger, WandbLogger
+
+WANDB_MODES = ("auto", "online", "offline", "disabled")
+
+
+def _has_wandb_credentials(host: str) -> bool:
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    try:
+        return netrc.netrc().authenticators(host) is not None
+    except (FileNotFoundError, netrc.NetrcParseError, OSError):
+        return False
+
+
+def _reachable(host: str, port: int = 443, timeout: float = 3.0) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def resolve_wandb_mode(mode: str = "auto") -> str:
+    """``auto`` -> ``$WANDB_MODE`` if set, else ``online`` with credentials and a reachable server,
+    else ``offline``."""
+    if mode not in WANDB_MODES:
+        from mrl.errors import ConfigError
+        raise ConfigError("logger.wandb.mode", f"unknown mode {mode!r}", f"choose one of {list(WANDB_MODES)}")
+    if mode != "auto":
+        return mode
+    if os.environ.get("WANDB_MODE"):
+        return os.environ["WANDB_MODE"]
+    host = urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")).hostname or "api.wandb.ai"
+    return "online" if _has_wandb_credentials(host) and _reachable(host) else "offline"
+
+
+def create_loggers(cfg: Mapping[str, Any] | None, output_dir: str | Path, run_name: str, group: str,
+                   tags: Sequence[str], config: Mapping[str, Any] | None = None) -> list[Logger]:
+    """``cfg = {"csv": {...} | None, "wandb": {"project", "entity", "mode"} | None}``."""
+    cfg = dict(cfg or {})
+    loggers: list[Logger] = [CSVLogger(save_dir=str(output_dir), name="csv", version="")]
+    wandb_cfg = cfg.get("wandb")
+    if wandb_cfg:
+        mode = resolve_wandb_mode(wandb_cfg.get("mode", "auto"))
+        if mode != "disabled":
+            os.environ.setdefault("WANDB_SILENT", "true")
+            logger = WandbLogger(project=wandb_cfg.get("project", "mrl"), entity=wandb_cfg.get("entity"),
+                                 name=run_name, group=group, tags=list(tags), save_dir=str(output_dir),
+                                 offline=mode == "offline", mode=mode, job_type=wandb_cfg.get("job_type", "train"))
+            if config is not None:
+                logger.log_hyperparams(dict(config))
+            loggers.append(logger)
+    return loggers

@@ -1,0 +1,50 @@
+"""A Matryoshka classifier: backbone + head, and the factory that builds one from plain arguments."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from mrl.backbones import Backbone, create_backbone
+from mrl.heads import create_head
+from mrl.nesting import resolve_nesting_dims
+
+
+class MatryoshkaClassifier(nn.Module):
+    """``embed(x) -> [B, width]``; ``forward(x) -> logits [len(nesting_dims), B, num_classes]``."""
+
+    def __init__(self, backbone: Backbone, head: nn.Module):
+        super().__init__()
+        self.backbone = backbone
+        self.head = head
+
+    @property
+    def nesting_dims(self) -> list[int]:
+        return self.head.nesting_dims
+
+    @property
+    def width(self) -> int:
+        return self.backbone.width
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        return self.backbone(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.backbone(x))
+
+
+def create_model(backbone: str | Mapping[str, Any], head: str = "mrl", num_classes: int = 1000,
+                 nesting_dims: str | Sequence[int] = "auto") -> MatryoshkaClassifier:
+    """Build backbone and head; ``backbone`` is a name or a dict of :func:`create_backbone` arguments.
+
+    >>> model = create_model("torchvision/resnet50", head="mrle", num_classes=1000)
+    >>> model.nesting_dims
+    [8, 16, 32, 64, 128, 256, 512, 1024, 2048]
+    """
+    kwargs = {"name": backbone} if isinstance(backbone, str) else dict(backbone)
+    net = create_backbone(**kwargs)
+    dims = resolve_nesting_dims(nesting_dims, net.width)
+    return MatryoshkaClassifier(net, create_head(head, dims, num_classes))
