@@ -46,5 +46,6 @@ def create_model(backbone: str | Mapping[str, Any], head: str = "mrl", num_class
     """
     kwargs = {"name": backbone} if isinstance(backbone, str) else dict(backbone)
     net = create_backbone(**kwargs)
-    dims = resolve_nesting_dims(nesting_dims, net.width)
+    # An FF-k model uses a k-dim prefix by design; for MRL a missing full width is worth a warning.
+    dims = resolve_nesting_dims(nesting_dims, net.width, warn_partial=head != "ff")
     return MatryoshkaClassifier(net, create_head(head, dims, num_classes))

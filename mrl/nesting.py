@@ -23,11 +23,12 @@ def auto_nesting_dims(width: int, min_dim: int = MIN_AUTO_DIM) -> list[int]:
     return dims[::-1]
 
 
-def resolve_nesting_dims(spec: str | Sequence[int] | None, width: int) -> list[int]:
+def resolve_nesting_dims(spec: str | Sequence[int] | None, width: int, warn_partial: bool = True) -> list[int]:
     """Turn the ``nesting_dims`` setting into a validated, strictly increasing list of sizes.
 
     ``spec`` is ``"auto"``/``None`` (see :func:`auto_nesting_dims`) or a list of positive ints, each
-    ``<= width``. Warns when ``width`` itself is not in the list: the full embedding then gets no loss.
+    ``<= width``. Warns (with ``warn_partial``) when ``width`` itself is not in the list: the full
+    embedding then gets no loss.
     """
     field = "model.nesting_dims"
     if spec is None or (isinstance(spec, str) and spec == "auto"):
@@ -52,7 +53,7 @@ def resolve_nesting_dims(spec: str | Sequence[int] | None, width: int) -> list[i
     if dims[-1] > width:
         raise ConfigError(field, f"size {dims[-1]} is larger than the backbone's embedding width {width}",
                           f"use sizes <= {width}")
-    if dims[-1] != width:
+    if warn_partial and dims[-1] != width:
         warnings.warn(f"model.nesting_dims {dims} does not include the full embedding width {width}: "
                       "the full-size embedding gets no loss of its own", stacklevel=2)
     return dims

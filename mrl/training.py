@@ -60,6 +60,15 @@ def build_callbacks(cfg: dict, module: MatryoshkaModule, output_dir: Path, has_l
     return callbacks
 
 
+def _stage_metrics(module: MatryoshkaModule, trainer: L.Trainer, stage: str) -> dict[str, float]:
+    """Per-size metrics of ``stage``; under ``ddp_spawn`` only ``callback_metrics`` come back to this process."""
+    if module.results.get(stage):
+        return dict(module.results[stage])
+    prefix = f"{stage}/"
+    return {k[len(prefix):]: float(v) for k, v in trainer.callback_metrics.items()
+            if (k.startswith(prefix) and "@" in k) or k in (f"{prefix}top1_mean", f"{prefix}top5_mean")}
+
+
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Fit and/or test one model. Returns ``{"val": {...}, "test": {...}, "best_model_path": ...,
     "output_dir": ...}`` with per-size metrics in percent."""
@@ -87,14 +96,14 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
     if cfg.get("train", True):
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
-    results: dict[str, Any] = {"output_dir": str(output_dir), "val": dict(module.results.get("val", {}))}
+    results: dict[str, Any] = {"output_dir": str(output_dir), "val": _stage_metrics(module, trainer, "val")}
     checkpoint = trainer.checkpoint_callback
     best = checkpoint.best_model_path if checkpoint is not None and cfg.get("train", True) else ""
     results["best_model_path"] = best
     if cfg.get("test", True):
         test_ckpt = best or (ckpt_path if not cfg.get("train", True) else None)
         trainer.test(module, datamodule=datamodule, ckpt_path=test_ckpt or None, verbose=False)
-        results["test"] = dict(module.results.get("test", {}))
+        results["test"] = _stage_metrics(module, trainer, "test")
     for logger in loggers:
         logger.finalize("success")
     return results

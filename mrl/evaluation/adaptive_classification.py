@@ -120,34 +120,44 @@ def _check_grid(grid: Any) -> np.ndarray:
     return np.unique(grid)  # sorted ascending
 
 
-def pair_threshold_accuracy(conf_small: Any, correct_small: Any, correct_large: Any,
-                            grid: Any = None) -> tuple[np.ndarray, np.ndarray]:
-    """Accuracy of the two-size rule at each grid threshold: ``(sorted grid, accuracy per threshold)``.
-
-    The rule predicts with the small size where ``conf_small > t`` and with the large size otherwise.
-    """
+def _pair_correct_counts(conf_small: Any, correct_small: Any, correct_large: Any,
+                         grid: Any) -> tuple[np.ndarray, np.ndarray, int]:
     grid = _check_grid(grid)
-    conf_small = np.asarray(conf_small, dtype=np.float64)
-    correct_small = np.asarray(correct_small, dtype=bool)
-    correct_large = np.asarray(correct_large, dtype=bool)
+    conf_small = np.asarray(conf_small, dtype=np.float64).reshape(-1)
+    correct_small = np.asarray(correct_small, dtype=bool).reshape(-1)
+    correct_large = np.asarray(correct_large, dtype=bool).reshape(-1)
     n = len(conf_small)
     if n == 0:
         raise ConfigError("holdout_fraction", "the held-out part has no samples",
                           "use a larger holdout_fraction or more samples")
+    if len(correct_small) != n or len(correct_large) != n:
+        raise ConfigError("correct_small", f"conf_small, correct_small and correct_large must have equal "
+                          f"lengths, got {n}, {len(correct_small)}, {len(correct_large)}")
     order = np.argsort(conf_small, kind="stable")
     c_sorted = conf_small[order]
     # samples with conf <= t move up: they are the first searchsorted(..., side="right") in sorted order
     n_up = np.searchsorted(c_sorted, grid, side="right")
     large_prefix = np.concatenate([[0], np.cumsum(correct_large[order])])
     small_suffix = np.concatenate([[0], np.cumsum(correct_small[order][::-1])])[::-1]  # correct among i..n-1
-    correct_counts = large_prefix[n_up] + small_suffix[n_up]
-    return grid, correct_counts / n
+    return grid, large_prefix[n_up] + small_suffix[n_up], n
+
+
+def pair_threshold_accuracy(conf_small: Any, correct_small: Any, correct_large: Any,
+                            grid: Any = None) -> tuple[np.ndarray, np.ndarray]:
+    """Accuracy of the two-size rule at each grid threshold: ``(sorted grid, accuracy per threshold)``.
+
+    The rule predicts with the small size where ``conf_small > t`` and with the large size otherwise.
+    """
+    grid, counts, n = _pair_correct_counts(conf_small, correct_small, correct_large, grid)
+    return grid, counts / n
 
 
 def select_threshold(conf_small: Any, correct_small: Any, correct_large: Any, grid: Any = None) -> float:
-    """The smallest grid threshold whose two-size rule reaches the best accuracy (see module doc)."""
-    grid, acc = pair_threshold_accuracy(conf_small, correct_small, correct_large, grid)
-    counts = np.round(acc * len(np.asarray(conf_small))).astype(np.int64)  # exact ties
+    """The smallest grid threshold whose two-size rule reaches the best accuracy (see module doc).
+
+    Accuracies are compared as exact integer counts of correct samples.
+    """
+    grid, counts, _ = _pair_correct_counts(conf_small, correct_small, correct_large, grid)
     return float(grid[np.flatnonzero(counts == counts.max())[0]])
 
 

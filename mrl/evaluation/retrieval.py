@@ -237,13 +237,14 @@ def _relevant_counts(query_labels: np.ndarray, database_class_counts: Any) -> np
     return out
 
 
-def _check_ks(ks: Any, max_k: int, field: str = "ks") -> list[int]:
+def _check_ks(ks: Any, max_k: int, field: str = "ks", what: str | None = None) -> list[int]:
     if isinstance(ks, (int, np.integer)) and not isinstance(ks, bool):
         ks = [ks]
     ks = list(ks)
     if not ks:
         raise ConfigError(field, "is empty", "give at least one k, e.g. ks=[10]")
-    return [_check_int(k, field, 1, max_k, f"the {max_k} retrieved neighbours") for k in ks]
+    what = what or f"the {max_k} retrieved neighbours"
+    return [_check_int(k, field, 1, max_k, what) for k in ks]
 
 
 def retrieval_metrics(retrieved_labels: Any, query_labels: Any, database_class_counts: Any,
@@ -327,7 +328,7 @@ def evaluate_retrieval(db_emb: Any, db_labels: Any, q_emb: Any, q_labels: Any, d
         raise ConfigError("q_emb", f"has width {q_emb.shape[1]} but db_emb has width {db_emb.shape[1]}",
                           "embed queries and database with the same model")
     dims = _check_dims(dims, db_emb.shape[1])
-    ks = _check_ks(ks, len(db_emb))
+    ks = _check_ks(ks, len(db_emb), what=f"the database size {len(db_emb)}")
     _check_method(method)
     kmax = max(ks)
     counts = class_counts(db_labels)

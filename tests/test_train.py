@@ -1,0 +1,121 @@
+"""The training app end to end: presets compose and run, digits trains to a real accuracy, checkpoints
+reload to the same numbers, DDP on CPU."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+import torch
+
+from conftest import CIFAR10_TAR, EXPERIMENTS, write_image_folder
+from mrl.lightning import MatryoshkaModule
+from mrl.training import train
+
+FAST = ["trainer.fast_dev_run=true", "logger=csv"]
+# ImageNet presets run on the CPU in tests: one process, full precision.
+ON_CPU = ["trainer=cpu", "data.num_workers=0", "data.batch_size=2", "data.eval_batch_size=2"]
+
+
+def test_every_preset_composes(make_cfg):
+    assert {"digits_mlp", "digits_cnn", "cifar10_resnet18", "imagenet_resnet50", "imagenet_resnet50_mrle",
+            "imagenet_resnet50_ff", "imagenet_vitb16"} <= set(EXPERIMENTS)
+    for name in EXPERIMENTS:
+        cfg = make_cfg(f"+experiment={name}", out=name)
+        assert cfg.experiment_name == name
+        assert cfg.model.head in ("mrl", "mrle", "ff")
+
+
+def test_imagenet_presets_follow_the_paper(make_cfg):
+    cfg = make_cfg("+experiment=imagenet_resnet50")
+    assert cfg.model.backbone.name == "torchvision/resnet50"
+    assert cfg.trainer.max_epochs == 40 and cfg.model.label_smoothing == 0.1
+    assert cfg.model.optimizer.name == "sgd" and cfg.model.scheduler.name == "linear_warmup_decay"
+    # 2 GPUs x 512 images: the paper's LR 0.425
+    assert cfg.model.optimizer.lr * 2 * cfg.data.batch_size / cfg.model.optimizer.lr_reference_batch == 0.425
+    assert make_cfg("+experiment=imagenet_resnet50_mrle", out="e").model.head == "mrle"
+    ff = make_cfg("+experiment=imagenet_resnet50_ff", "model.ff_dim=64", out="f")
+    assert ff.model.head == "ff" and list(ff.model.nesting_dims) == [64]
+
+
+@pytest.mark.parametrize("name", ["digits_mlp", "digits_cnn"])
+def test_digits_presets_fast_dev_run(make_cfg, name):
+    out = train(make_cfg(f"+experiment={name}", *FAST))
+    assert out["test"]["top1@8"] >= 0.0
+
+
+def test_cifar10_preset_fast_dev_run_on_shared_tar(make_cfg):
+    out = train(make_cfg("+experiment=cifar10_resnet18", *FAST, f"data.root={CIFAR10_TAR}",
+                         "data.verify_images=false", "data.num_workers=0", "data.batch_size=8"))
+    assert set(out["test"]) >= {f"top1@{m}" for m in (8, 16, 32, 64, 128, 256, 512)}
+
+
+@pytest.mark.parametrize("name,extra", [("imagenet_resnet50", []), ("imagenet_resnet50_mrle", []),
+                                        ("imagenet_resnet50_ff", ["model.ff_dim=64"]), ("imagenet_vitb16", [])])
+def test_imagenet_presets_fast_dev_run_on_tiny_folder(make_cfg, tmp_path, name, extra):
+    root = write_image_folder(tmp_path / "imagenet", per_class=2, size=64)
+    out = train(make_cfg(f"+experiment={name}", *FAST, *ON_CPU, *extra, f"data.root={root}"))
+    dims = [64] if "ff" in name else ([12, 24, 48, 96, 192, 384, 768] if "vit" in name else
+                                      [8, 16, 32, 64, 128, 256, 512, 1024, 2048])
+    assert {f"top1@{m}" for m in dims} == {k for k in out["test"] if k.startswith("top1@")}
+
+
+def _read_csv(path):
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+def test_digits_trains_to_90_percent_and_checkpoint_reevaluates(make_cfg, tmp_path):
+    out = train(make_cfg("logger=csv", "trainer.max_epochs=15"))
+    dims = [8, 16, 32, 64, 128, 256]
+    assert out["test"]["top1@256"] >= 90.0
+    rows = _read_csv(tmp_path / "run" / "metrics_by_dim.csv")
+    assert [int(r["dim"]) for r in rows] == dims
+    assert [float(r["top1"]) for r in rows] == pytest.approx([out["test"][f"top1@{m}"] for m in dims])
+    report = json.loads((tmp_path / "run" / "metrics_by_dim.json").read_text())
+    assert report["head"] == "mrl" and report["nesting_dims"] == dims and report["num_samples"] == 270
+    assert (tmp_path / "run" / "metrics_by_dim.png").stat().st_size > 1000
+    assert "| 256 |" in (tmp_path / "run" / "metrics_by_dim.md").read_text()
+
+    best = out["best_model_path"]
+    again = train(make_cfg("logger=csv", "train=false", f"ckpt_path={best}", out="reeval"))
+    assert again["test"] == pytest.approx(out["test"])
+
+    # The plain Python API reloads it too, with the class names stored in the checkpoint.
+    module = MatryoshkaModule.load_from_checkpoint(best, map_location="cpu")
+    assert module.class_names == [str(i) for i in range(10)] and module.nesting_dims == dims
+    ckpt = torch.load(best, map_location="cpu", weights_only=False)
+    assert ckpt["mrl"]["class_names"] == module.class_names and ckpt["mrl"]["head"] == "mrl"
+
+
+def test_resume_continues_from_last_checkpoint(make_cfg, tmp_path):
+    first = train(make_cfg("logger=csv", "trainer.max_epochs=2"))
+    last = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    assert torch.load(last, weights_only=False)["epoch"] == 1
+    train(make_cfg("logger=csv", "trainer.max_epochs=3", f"ckpt_path={last}", out="resumed"))
+    resumed = torch.load(tmp_path / "resumed" / "checkpoints" / "last.ckpt", weights_only=False)
+    assert resumed["epoch"] == 2 and resumed["global_step"] > 0
+    assert first["best_model_path"]
+
+
+@pytest.mark.parametrize("overrides,dims", [(["model.head=mrle"], [8, 16, 32, 64, 128, 256]),
+                                            (["model.head=ff", "model.nesting_dims=[32]"], [32])])
+def test_mrle_and_ff_train_on_digits(make_cfg, overrides, dims):
+    out = train(make_cfg("logger=csv", "trainer.max_epochs=5", *overrides))
+    assert sorted(int(k.split("@")[1]) for k in out["test"] if k.startswith("top1@")) == dims
+    assert out["test"][f"top1@{dims[-1]}"] >= 85.0
+
+
+def test_wandb_offline_run_logs_table(make_cfg, tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    train(make_cfg("trainer.max_epochs=1"))
+    runs = list((tmp_path / "run" / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1 and any(runs[0].rglob("*.wandb"))
+
+
+def test_ddp_on_cpu_reduces_metrics_over_both_processes(make_cfg, tmp_path):
+    out = train(make_cfg("logger=csv", "trainer=ddp_sim", "trainer.max_epochs=2"))
+    report = json.loads((tmp_path / "run" / "metrics_by_dim.json").read_text())
+    assert report["num_samples"] == 270  # both halves of the test split counted
+    assert out["test"]["top1@256"] == pytest.approx(report["rows"][-1]["top1"])
