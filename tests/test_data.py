@@ -1,0 +1,109 @@
+"""DataModules and ImageFolder handling on real and hand-made data."""
+
+from __future__ import annotations
+
+import tarfile
+
+import pytest
+import torch
+from PIL import Image
+
+from conftest import CIFAR10_TAR, write_image_folder
+from mrl.data import create_datamodule, extract_archive, scan_image_folder
+from mrl.errors import ConfigError
+
+CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+
+
+def test_digits_split_is_stratified_disjoint_and_complete():
+    dm = create_datamodule("digits", image_size=16, batch_size=32)
+    dm.setup("fit")
+    sets = [dm.train_set, dm.val_set, dm.test_set]
+    assert [len(s) for s in sets] == [1257, 270, 270]
+    x, y = dm.train_set.tensors
+    assert x.shape[1:] == (1, 16, 16) and dm.in_chans == 1 and dm.class_names == [str(i) for i in range(10)]
+    for s in sets:  # every class in every split, in proportion
+        counts = torch.bincount(s.tensors[1], minlength=10)
+        assert counts.min() >= 0.08 * len(s) and counts.max() <= 0.12 * len(s)
+    flat = [s.tensors[0].flatten(1) for s in sets]
+    assert torch.cdist(flat[0], flat[2]).min() > 0  # no test image is a train image
+
+
+def test_scan_sorts_classes_and_ignores_hidden_files(tmp_path):
+    root = write_image_folder(tmp_path / "f", classes=("zebra", "ant", "mole"), per_class=2, splits=("train",))
+    (root / "train" / "ant" / ".DS_Store").write_text("x")
+    (root / "train" / ".cache").mkdir()
+    classes, samples = scan_image_folder(root / "train")
+    assert classes == ["ant", "mole", "zebra"]
+    assert [(p.split("/")[-2], y) for p, y in samples] == [("ant", 0), ("ant", 0), ("mole", 1), ("mole", 1),
+                                                           ("zebra", 2), ("zebra", 2)]
+
+
+def test_image_folder_module_shares_class_indices_across_splits(tmp_path):
+    root = write_image_folder(tmp_path / "f", classes=("b", "a", "c"), per_class=3, size=50)
+    dm = create_datamodule("image_folder", root=str(root), image_size=32, batch_size=4)
+    dm.setup("fit")
+    assert dm.class_names == ["a", "b", "c"] and dm.num_classes == 3
+    for ds in (dm.train_set, dm.val_set):
+        for path, y in ds.samples:
+            assert dm.class_names[y] == path.split("/")[-2]
+    x, y = next(iter(dm.val_dataloader()))
+    assert x.shape == (4, 3, 32, 32) and y.dtype == torch.int64
+
+
+def test_val_fraction_holds_out_part_of_train(tmp_path):
+    root = write_image_folder(tmp_path / "f", per_class=10, size=40)
+    dm = create_datamodule("image_folder", root=str(root), image_size=32, val_fraction=0.2)
+    dm.setup("fit")
+    fit, val = set(dm.train_set.indices), set(dm.val_set.indices)
+    assert len(val) == 6 and not fit & val and len(fit | val) == 30
+    assert dm.test_set is not dm.val_set
+
+
+def test_imagenet_transforms(tmp_path):
+    root = write_image_folder(tmp_path / "imnet", per_class=1, size=300)
+    dm = create_datamodule("imagenet", root=str(root), batch_size=2)
+    dm.setup("fit")
+    assert dm.train_set[0][0].shape == dm.val_set[0][0].shape == (3, 224, 224)
+    resize = dm.eval_transform().transforms[0]
+    assert resize.size == 256
+
+
+def _tar_folder(root, archive):
+    with tarfile.open(archive, "w:gz") as tf:
+        tf.add(root, arcname="mydata")
+    return archive
+
+
+def test_archive_is_extracted_once_atomically(tmp_path):
+    archive = _tar_folder(write_image_folder(tmp_path / "src"), tmp_path / "mydata.tar.gz")
+    cache = tmp_path / "cache"
+    first = extract_archive(archive, cache)
+    marker = first / "mydata" / "train" / "cat" / "0.png"
+    mtime = marker.stat().st_mtime_ns
+    assert extract_archive(archive, cache) == first and marker.stat().st_mtime_ns == mtime
+    assert [p.name for p in cache.iterdir()] == [first.name]  # no temporary folder left behind
+    dm = create_datamodule("image_folder", root=str(archive), cache_dir=str(cache), image_size=32)
+    dm.setup("fit")
+    assert dm.class_names == ["cat", "dog", "emu"] and len(dm.train_set) == 12
+
+
+def test_corrupt_archive_leaves_nothing(tmp_path):
+    archive = tmp_path / "bad.tar.gz"
+    archive.write_bytes(b"\x1f\x8b not really gzip")
+    with pytest.raises(ConfigError, match="data.root: cannot extract"):
+        extract_archive(archive, tmp_path / "cache")
+    assert not any((tmp_path / "cache").iterdir())
+
+
+def test_cifar10_from_shared_tar(tmp_path):
+    dm = create_datamodule("cifar10", root=str(CIFAR10_TAR), cache_dir=str(tmp_path), verify_images=False,
+                           batch_size=16)
+    dm.setup("fit")
+    assert dm.class_names == CIFAR10_CLASSES  # torchvision's order too
+    assert len(dm.train_set) == 50_000 and len(dm.test_set) == 10_000
+    assert torch.bincount(torch.tensor(dm.test_set.targets)).tolist() == [1000] * 10
+    x, y = next(iter(dm.train_dataloader()))
+    assert x.shape == (16, 3, 32, 32)
+    image = Image.open(dm.test_set.samples[0][0])
+    assert image.size == (32, 32)
