@@ -14,12 +14,15 @@ first convolution, no max-pool), a ViT gets ``img_size=image_size, patch_size=4`
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import contextmanager
 from pathlib import Path
+from urllib.parse import urlparse
 
 import torch
 from torch import nn
 
 from mrl.errors import ConfigError
+from mrl.network import host_reachable
 
 TORCHVISION_PREFIX = "torchvision/"
 TORCHVISION_RESNETS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
@@ -73,6 +76,26 @@ def _no_weights(name: str, err: Exception) -> ConfigError:
                        f"pretrained weights for {name!r} are not reachable ({type(err).__name__}: {detail[:200]})",
                        "download them and set model.backbone.pretrained_path=/path/to/weights, "
                        "or set model.backbone.pretrained=false")
+
+
+@contextmanager
+def _hub_offline_if_unreachable(active: bool):
+    """Without network, huggingface_hub retries for about a minute before failing; go offline at once
+    instead (cached weights still load) when the hub does not answer within a few seconds."""
+    if not active:
+        yield
+        return
+    import huggingface_hub.constants as hub
+
+    endpoint = urlparse(hub.ENDPOINT)
+    if hub.HF_HUB_OFFLINE or host_reachable(endpoint.hostname or "huggingface.co", endpoint.port or 443):
+        yield
+        return
+    hub.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        hub.HF_HUB_OFFLINE = False
 
 
 def _load_state_file(path: str | Path, name: str) -> dict[str, torch.Tensor]:
@@ -142,7 +165,8 @@ def _timm_model(name: str, pretrained: bool, pretrained_path: str | None, small_
         raise ConfigError("model.backbone.name", f"unknown backbone {name!r}",
                           f"use mlp, convnet, {TORCHVISION_PREFIX}resnet50 or a timm model name "
                           "(see timm.list_models())")
-    is_vit = "vit" in name
+    # Only timm's plain ViTs take img_size/patch_size (not levit, maxvit, fastvit, ...).
+    is_vit = timm.models.model_entrypoint(name).__module__.endswith((".vision_transformer", ".deit"))
     if small_input and is_vit:
         kwargs.setdefault("img_size", image_size or 32)
         kwargs.setdefault("patch_size", 4)
@@ -151,8 +175,9 @@ def _timm_model(name: str, pretrained: bool, pretrained_path: str | None, small_
         raise ConfigError("model.backbone.pretrained_path", f"{overlay['file']} does not exist",
                           "point it at a weights file (.pth/.pt/.safetensors)")
     try:
-        net = timm.create_model(name, pretrained=pretrained, num_classes=0, in_chans=in_chans,
-                                pretrained_cfg_overlay=overlay, **kwargs)
+        with _hub_offline_if_unreachable(pretrained and overlay is None):
+            net = timm.create_model(name, pretrained=pretrained, num_classes=0, in_chans=in_chans,
+                                    pretrained_cfg_overlay=overlay, **kwargs)
     except Exception as err:
         if pretrained:
             raise _no_weights(name, err) from None
@@ -169,6 +194,9 @@ def create_backbone(name: str, pretrained: bool = False, pretrained_path: str | 
     """Build a backbone by name; see the module docstring for the names it knows."""
     if not isinstance(name, str) or not name:
         raise ConfigError("model.backbone.name", f"expected a backbone name, got {name!r}")
+    if pretrained_path and not pretrained:
+        raise ConfigError("model.backbone.pretrained_path", "is set but pretrained=false, so it would be ignored",
+                          "set model.backbone.pretrained=true, or drop pretrained_path")
     if name in LOCAL_BACKBONES:
         if pretrained:
             raise ConfigError("model.backbone.pretrained", f"{name!r} has no pretrained weights",

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import netrc
 import os
-import socket
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
 from lightning.pytorch.loggers import CSVLogger, Logger, WandbLogger
+
+from mrl.network import host_reachable
 
 WANDB_MODES = ("auto", "online", "offline", "disabled")
 
@@ -25,14 +26,6 @@ def _has_wandb_credentials(host: str) -> bool:
     try:
         return netrc.netrc().authenticators(host) is not None
     except (FileNotFoundError, netrc.NetrcParseError, OSError):
-        return False
-
-
-def _reachable(host: str, port: int = 443, timeout: float = 3.0) -> bool:
-    try:
-        with socket.create_connection((host, port), timeout=timeout):
-            return True
-    except OSError:
         return False
 
 
@@ -47,7 +40,7 @@ def resolve_wandb_mode(mode: str = "auto") -> str:
     if os.environ.get("WANDB_MODE"):
         return os.environ["WANDB_MODE"]
     host = urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")).hostname or "api.wandb.ai"
-    return "online" if _has_wandb_credentials(host) and _reachable(host) else "offline"
+    return "online" if _has_wandb_credentials(host) and host_reachable(host) else "offline"
 
 
 def create_loggers(cfg: Mapping[str, Any] | None, output_dir: str | Path, run_name: str, group: str,

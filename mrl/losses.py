@@ -23,7 +23,9 @@ class MatryoshkaLoss(nn.Module):
     def per_size(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """Unweighted cross-entropy of each size, shape ``[G]``."""
         num_sizes, batch, num_classes = logits.shape
-        per_sample = F.cross_entropy(logits.reshape(num_sizes * batch, num_classes).float(),
+        if logits.dtype in (torch.float16, torch.bfloat16):  # the softmax in full precision under AMP
+            logits = logits.float()
+        per_sample = F.cross_entropy(logits.reshape(num_sizes * batch, num_classes),
                                      target.repeat(num_sizes), reduction="none",
                                      label_smoothing=self.label_smoothing)
         return per_sample.view(num_sizes, batch).mean(dim=1)

@@ -66,7 +66,12 @@ def resolve_loss_weights(weights: Sequence[float] | None, nesting_dims: Sequence
         return [1.0] * len(nesting_dims)
     if isinstance(weights, (str, bytes)) or not isinstance(weights, Sequence):
         raise ConfigError(field, f"expected a list of numbers, got {weights!r}")
-    weights = [float(w) for w in weights]
+    try:
+        weights = [float(w) for w in weights]
+    except (TypeError, ValueError):
+        raise ConfigError(field, f"expected numbers, got {list(weights)}") from None
+    if any(w != w for w in weights):
+        raise ConfigError(field, f"contains NaN: {weights}")
     if len(weights) != len(nesting_dims):
         raise ConfigError(field, f"has {len(weights)} values but nesting_dims has {len(nesting_dims)} "
                           f"sizes {list(nesting_dims)}", "give one weight per size, or null for all ones")

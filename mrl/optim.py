@@ -50,6 +50,8 @@ def lr_multiplier(step: int, total_steps: int, name: str, warmup_steps: int = 0,
     * ``linear_warmup_decay``: the paper's FFCV schedule, per iteration: linear from ``start_factor``
       to 1 over ``warmup_steps``, then linear down to ``min_factor`` at ``total_steps``.
     """
+    if name not in SCHEDULERS:
+        raise ConfigError("model.scheduler.name", f"unknown schedule {name!r}", f"choose one of {list(SCHEDULERS)}")
     if name == "none":
         return 1.0
     if name == "step":
@@ -60,16 +62,13 @@ def lr_multiplier(step: int, total_steps: int, name: str, warmup_steps: int = 0,
     progress = min((step - warmup_steps) / max(total_steps - warmup_steps, 1), 1.0)
     if name == "cosine":
         return min_factor + (1.0 - min_factor) * 0.5 * (1.0 + math.cos(math.pi * progress))
-    if name == "linear_warmup_decay":
-        return 1.0 + (min_factor - 1.0) * progress
-    raise ConfigError("model.scheduler.name", f"unknown schedule {name!r}", f"choose one of {list(SCHEDULERS)}")
+    return 1.0 + (min_factor - 1.0) * progress  # linear_warmup_decay
 
 
 def create_scheduler(optimizer: torch.optim.Optimizer, name: str, total_steps: int, steps_per_epoch: int,
                      warmup_epochs: float = 0.0, milestones: Sequence[int] = (), gamma: float = 0.1,
                      start_factor: float = 1e-4, min_factor: float = 0.0) -> torch.optim.lr_scheduler.LambdaLR:
-    if name not in SCHEDULERS:
-        raise ConfigError("model.scheduler.name", f"unknown schedule {name!r}", f"choose one of {list(SCHEDULERS)}")
+    lr_multiplier(0, total_steps, name)  # validates the name before training starts
     warmup_steps = int(round(warmup_epochs * steps_per_epoch))
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_multiplier(
         step, total_steps, name, warmup_steps, tuple(milestones), gamma, steps_per_epoch, start_factor, min_factor))
