@@ -63,6 +63,8 @@ class ClassificationDataModule(L.LightningDataModule):
         self.train_set: Dataset | None = None
         self.val_set: Dataset | None = None
         self.test_set: Dataset | None = None
+        # The whole train split with evaluation transforms: the retrieval database.
+        self.train_eval_set: Dataset | None = None
 
     @property
     def num_classes(self) -> int:
@@ -89,6 +91,14 @@ class ClassificationDataModule(L.LightningDataModule):
 
     def test_dataloader(self) -> DataLoader:
         return self._loader(self.test_set, False)
+
+    def split_dataloader(self, split: str) -> DataLoader:
+        """An unshuffled loader over ``train`` (evaluation transforms, no augmentation), ``val`` or ``test``."""
+        datasets = {"train": self.train_eval_set, "val": self.val_set, "test": self.test_set}
+        if split not in datasets:
+            raise ConfigError("splits", f"unknown split {split!r}", f"choose from {sorted(datasets)}")
+        self.setup("test")
+        return self._loader(datasets[split], False)
 
 
 @register_datamodule("digits")
@@ -120,6 +130,7 @@ class DigitsDataModule(ClassificationDataModule):
         val_share = self.val_fraction / (1.0 - self.test_fraction)
         train, val = train_test_split(rest, test_size=val_share, stratify=y[rest], random_state=self.seed)
         self.train_set, self.val_set, self.test_set = (TensorDataset(x[i], y[i]) for i in (train, val, test))
+        self.train_eval_set = self.train_set
         self.class_names = [str(c) for c in digits.target_names]
 
 
@@ -186,10 +197,10 @@ class FolderDataModule(ClassificationDataModule):
     def _make_sets(self, train_samples, eval_samples) -> None:
         train = ImageFolderDataset(train_samples, self.class_names, self.train_transform())
         evaluation = ImageFolderDataset(eval_samples, self.class_names, self.eval_transform())
+        self.train_eval_set = ImageFolderDataset(train_samples, self.class_names, self.eval_transform())
         if self.val_fraction > 0:
             fit_idx, val_idx = _stratified_holdout(train.targets, self.val_fraction, self.seed)
-            held_out = ImageFolderDataset(train_samples, self.class_names, self.eval_transform())
-            self.train_set, self.val_set = Subset(train, fit_idx), Subset(held_out, val_idx)
+            self.train_set, self.val_set = Subset(train, fit_idx), Subset(self.train_eval_set, val_idx)
         else:
             self.train_set, self.val_set = train, evaluation
         self.test_set = evaluation
@@ -267,10 +278,10 @@ class CIFARDataModule(FolderDataModule):
             raise ConfigError("data.root", f"cannot load {self.torchvision_name} from {root} ({type(err).__name__})",
                               "check the network for data.download=true, or give an ImageFolder root/archive") from None
         self.class_names = list(train.classes)
+        self.train_eval_set = cls(root, train=True, download=False, transform=self.eval_transform())
         if self.val_fraction > 0:
             fit_idx, val_idx = _stratified_holdout(list(train.targets), self.val_fraction, self.seed)
-            held_out = cls(root, train=True, download=False, transform=self.eval_transform())
-            self.train_set, self.val_set = Subset(train, fit_idx), Subset(held_out, val_idx)
+            self.train_set, self.val_set = Subset(train, fit_idx), Subset(self.train_eval_set, val_idx)
         else:
             self.train_set, self.val_set = train, test
         self.test_set = test

@@ -1,0 +1,32 @@
+"""Embed a checkpoint over data splits: ``python scripts/embed.py ckpt_path=best.ckpt data=cifar10 data.root=...``."""
+
+import sys
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+
+from mrl.data import create_datamodule  # noqa: E402
+from mrl.embeddings import embed_checkpoint  # noqa: E402
+from mrl.errors import ConfigError  # noqa: E402
+
+
+@hydra.main(version_base="1.3", config_path="../configs", config_name="embed")
+def main(cfg: DictConfig) -> None:
+    try:
+        if not cfg.ckpt_path:
+            raise ConfigError("ckpt_path", "is not set", "give ckpt_path=/path/to/checkpoint.ckpt")
+        datamodule = create_datamodule(**OmegaConf.to_container(cfg.data, resolve=True))
+        written = embed_checkpoint(cfg.ckpt_path, datamodule, cfg.output_dir, list(cfg.splits), cfg.dtype,
+                                   cfg.device, cfg.bf16)
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+    for split, path in written.items():
+        print(f"{split}: {path}")
+
+
+if __name__ == "__main__":
+    main()
