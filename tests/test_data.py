@@ -107,3 +107,27 @@ def test_cifar10_from_shared_tar(tmp_path):
     assert x.shape == (16, 3, 32, 32)
     image = Image.open(dm.test_set.samples[0][0])
     assert image.size == (32, 32)
+
+
+def test_cifar10_from_torchvision_folder(tmp_path, monkeypatch):
+    # torchvision's own layout (what data.download=true fetches), with a few fake rows per batch file.
+    import pickle
+
+    import numpy as np
+    import torchvision
+
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        batch = {"data": rng.integers(0, 256, (20, 3072), dtype=np.uint8), "labels": list(range(10)) * 2}
+        (folder / name).write_bytes(pickle.dumps(batch))
+    (folder / "batches.meta").write_bytes(pickle.dumps({"label_names": CIFAR10_CLASSES}))
+    monkeypatch.setattr(torchvision.datasets.cifar, "check_integrity", lambda path, md5=None: True)
+    dm = create_datamodule("cifar10", root=str(tmp_path), download=False, batch_size=10, val_fraction=0.2)
+    dm.setup("fit")
+    assert dm.class_names == CIFAR10_CLASSES
+    assert len(dm.train_set) == 80 and len(dm.val_set) == 20 and len(dm.test_set) == 20
+    assert len(dm.train_eval_set) == 100
+    x, y = next(iter(dm.split_dataloader("train")))
+    assert x.shape == (10, 3, 32, 32) and y.tolist() == list(range(10))

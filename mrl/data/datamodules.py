@@ -195,15 +195,18 @@ class FolderDataModule(ClassificationDataModule):
         self._make_sets(train_samples, eval_samples)
 
     def _make_sets(self, train_samples, eval_samples) -> None:
-        train = ImageFolderDataset(train_samples, self.class_names, self.train_transform())
-        evaluation = ImageFolderDataset(eval_samples, self.class_names, self.eval_transform())
-        self.train_eval_set = ImageFolderDataset(train_samples, self.class_names, self.eval_transform())
+        self._assign_splits(ImageFolderDataset(train_samples, self.class_names, self.train_transform()),
+                            ImageFolderDataset(train_samples, self.class_names, self.eval_transform()),
+                            ImageFolderDataset(eval_samples, self.class_names, self.eval_transform()))
+
+    def _assign_splits(self, train: Dataset, train_eval: Dataset, evaluation: Dataset) -> None:
+        """``train`` (augmented) and ``train_eval`` are the same samples; ``evaluation`` is the eval split."""
+        self.train_eval_set, self.test_set = train_eval, evaluation
         if self.val_fraction > 0:
-            fit_idx, val_idx = _stratified_holdout(train.targets, self.val_fraction, self.seed)
-            self.train_set, self.val_set = Subset(train, fit_idx), Subset(self.train_eval_set, val_idx)
+            fit_idx, val_idx = _stratified_holdout(list(train.targets), self.val_fraction, self.seed)
+            self.train_set, self.val_set = Subset(train, fit_idx), Subset(train_eval, val_idx)
         else:
             self.train_set, self.val_set = train, evaluation
-        self.test_set = evaluation
 
 
 @register_datamodule("image_folder")
@@ -278,13 +281,7 @@ class CIFARDataModule(FolderDataModule):
             raise ConfigError("data.root", f"cannot load {self.torchvision_name} from {root} ({type(err).__name__})",
                               "check the network for data.download=true, or give an ImageFolder root/archive") from None
         self.class_names = list(train.classes)
-        self.train_eval_set = cls(root, train=True, download=False, transform=self.eval_transform())
-        if self.val_fraction > 0:
-            fit_idx, val_idx = _stratified_holdout(list(train.targets), self.val_fraction, self.seed)
-            self.train_set, self.val_set = Subset(train, fit_idx), Subset(self.train_eval_set, val_idx)
-        else:
-            self.train_set, self.val_set = train, test
-        self.test_set = test
+        self._assign_splits(train, cls(root, train=True, download=False, transform=self.eval_transform()), test)
 
 
 @register_datamodule("cifar10")
