@@ -72,6 +72,9 @@ def _stage_metrics(module: MatryoshkaModule, trainer: L.Trainer, stage: str) -> 
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Fit and/or test one model. Returns ``{"val": {...}, "test": {...}, "best_model_path": ...,
     "output_dir": ...}`` with per-size metrics in percent."""
+    test_checkpoint = cfg.get("test_checkpoint", "best")
+    if test_checkpoint not in ("best", "last"):
+        raise ConfigError("test_checkpoint", f"must be best or last, got {test_checkpoint!r}")
     output_dir = Path(cfg.paths.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     L.seed_everything(cfg.seed, workers=True)
@@ -98,10 +101,12 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
     results: dict[str, Any] = {"output_dir": str(output_dir), "val": _stage_metrics(module, trainer, "val")}
     checkpoint = trainer.checkpoint_callback
-    best = checkpoint.best_model_path if checkpoint is not None and cfg.get("train", True) else ""
-    results["best_model_path"] = best
+    trained = cfg.get("train", True) and checkpoint is not None
+    results["best_model_path"] = checkpoint.best_model_path if trained else ""
+    results["last_model_path"] = checkpoint.last_model_path if trained else ""
     if cfg.get("test", True):
-        test_ckpt = best or (ckpt_path if not cfg.get("train", True) else None)
+        # Without training, test the given checkpoint; without checkpoints (fast_dev_run), the weights in memory.
+        test_ckpt = results[f"{test_checkpoint}_model_path"] if trained else (ckpt_path if not cfg.get("train", True) else None)
         trainer.test(module, datamodule=datamodule, ckpt_path=test_ckpt or None, verbose=False)
         results["test"] = _stage_metrics(module, trainer, "test")
     for logger in loggers:
