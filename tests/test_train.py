@@ -119,3 +119,16 @@ def test_ddp_on_cpu_reduces_metrics_over_both_processes(make_cfg, tmp_path):
     report = json.loads((tmp_path / "run" / "metrics_by_dim.json").read_text())
     assert report["num_samples"] == 270  # both halves of the test split counted
     assert out["test"]["top1@256"] == pytest.approx(report["rows"][-1]["top1"])
+
+
+def test_mixed_precision_and_channels_last_through_config(make_cfg):
+    out = train(make_cfg("+experiment=digits_cnn", *FAST, "trainer.precision=bf16-mixed", "model.channels_last=true"))
+    assert set(out["test"]) >= {f"top1@{m}" for m in (8, 16, 32, 64, 128)}
+
+
+def test_last_checkpoint_can_be_the_one_tested(make_cfg, tmp_path):
+    out = train(make_cfg("logger=csv", "trainer.max_epochs=2", "test_checkpoint=last"))
+    assert out["last_model_path"].endswith("last.ckpt")
+    from mrl.errors import ConfigError
+    with pytest.raises(ConfigError, match="test_checkpoint: must be best or last"):
+        train(make_cfg("logger=csv", "test_checkpoint=worst", out="bad"))
