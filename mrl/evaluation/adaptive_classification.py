@@ -8,7 +8,9 @@ confidence ``c_g`` and argmax prediction ``p_g`` are used.
 
 1. **Split.** For each of ``n_splits`` seeded random splits, ``round(holdout_fraction * N)`` samples
    form the held-out (calibration) part and the rest the test part (the paper: 10,000 of ImageNet's
-   50,000 validation images held out, 30 splits).
+   50,000 validation images held out, 30 splits). Concretely ``rng = np.random.default_rng(seed)``;
+   split ``s`` takes ``perm = rng.permutation(N)`` (a fresh draw per split), held-out ``perm[:n_hold]``,
+   test ``perm[n_hold:]``.
 2. **Thresholds (held-out part), one per consecutive pair (g, g+1), chosen independently.** The
    two-size rule ``R_t`` predicts ``p_g`` where ``c_g > t`` and ``p_{g+1}`` otherwise. For every ``t``
    in the grid (default ``np.linspace(0, 1, 101)``) compute the held-out accuracy of ``R_t``;
