@@ -144,6 +144,12 @@ def embed_checkpoint(ckpt_path: str | Path, datamodule, root: str | Path, splits
     if module.class_names is not None and module.class_names != datamodule.class_names:
         raise ConfigError("data", f"the data's {datamodule.num_classes} classes differ from the checkpoint's "
                           f"{len(module.class_names)}", "embed with the data set the checkpoint was trained on")
+    stored = torch.load(path, map_location="cpu", weights_only=False).get("mrl", {}).get("data_split")
+    if stored:
+        for key, value in datamodule.split_signature().items():
+            if stored.get(key) != value:
+                raise ConfigError(f"data.{key}", f"is {value!r} but the checkpoint was trained with {stored.get(key)!r}, "
+                                  "so the splits would differ", f"set data.{key}={stored.get(key)}")
     trained = module.hparams.backbone
     for key, value in (("image_size", datamodule.image_size), ("in_chans", datamodule.in_chans)):
         if trained.get(key) not in (None, value):

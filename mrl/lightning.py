@@ -148,9 +148,11 @@ class MatryoshkaModule(L.LightningModule):
         return datamodule.batch_size * self.trainer.world_size * self.trainer.accumulate_grad_batches
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
         checkpoint[CHECKPOINT_KEY] = {"head": self.head_type, "nesting_dims": list(self.nesting_dims),
                                       "num_classes": self.hparams.num_classes, "class_names": self.class_names,
-                                      "width": self.model.width}
+                                      "width": self.model.width,
+                                      "data_split": datamodule.split_signature() if hasattr(datamodule, "split_signature") else None}
 
 
 def check_resume_compatible(checkpoint_path: str, module: MatryoshkaModule) -> None:

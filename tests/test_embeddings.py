@@ -83,13 +83,16 @@ def test_embed_checkpoint_on_digits(make_cfg, tmp_path):
     out = train(make_cfg("logger=csv", "trainer.max_epochs=2"))
     from mrl.data import create_datamodule
 
-    dm = create_datamodule("digits", image_size=16)
+    dm = create_datamodule("digits", image_size=16, seed=42)
     written = embed_checkpoint(out["best_model_path"], dm, tmp_path / "emb", splits=("train", "test"))
     train_split, test_split = load_split(written["train"]), load_split(written["test"])
     assert train_split.embeddings.shape == (1257, 256) and test_split.embeddings.shape == (270, 256)
     accuracy = 100 * (test_split.logits[-1].argmax(-1) == test_split.labels).mean()
-    assert accuracy == pytest.approx(out["test"]["top1@256"], abs=0.75)  # float16 logits may flip a tie
+    assert accuracy == pytest.approx(out["test"]["top1@256"], abs=0.4)  # float16 logits may flip one tie
     assert json.loads((written["test"] / "meta.json").read_text())["checkpoint"].endswith(".ckpt")
-    other = create_datamodule("digits", image_size=8)
+    other = create_datamodule("digits", image_size=8, seed=42)
     with pytest.raises(ConfigError, match="data.image_size: is 8 but the checkpoint was trained with 16"):
         embed_checkpoint(out["best_model_path"], other, tmp_path / "bad")
+    reshuffled = create_datamodule("digits", image_size=16, seed=0)  # test images would land in "train"
+    with pytest.raises(ConfigError, match="data.seed: is 0 but the checkpoint was trained with 42"):
+        embed_checkpoint(out["best_model_path"], reshuffled, tmp_path / "bad")

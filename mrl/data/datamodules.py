@@ -32,6 +32,7 @@ DATAMODULES: dict[str, type[ClassificationDataModule]] = {}
 def register_datamodule(name: str):
     def wrap(cls):
         DATAMODULES[name] = cls
+        cls.data_name = name
         return cls
     return wrap
 
@@ -69,6 +70,12 @@ class ClassificationDataModule(L.LightningDataModule):
     @property
     def num_classes(self) -> int:
         return len(self.class_names)
+
+    def split_signature(self) -> dict[str, Any]:
+        """What decides which sample lands in which split; stored in checkpoints, so a later embedding
+        run can refuse data split differently from training (a "train" database holding test images)."""
+        return {"name": getattr(self, "data_name", type(self).__name__), "seed": self.seed,
+                "val_fraction": getattr(self, "val_fraction", 0.0), "test_fraction": getattr(self, "test_fraction", None)}
 
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is None:
