@@ -4,8 +4,14 @@
 * :mod:`~mrl.evaluation.adaptive_retrieval` -- shortlist + rerank, funnels, the MFLOPs cost model.
 * :mod:`~mrl.evaluation.adaptive_classification` -- the confidence cascade over sizes, oracle, plot.
 * :mod:`~mrl.evaluation.baselines` -- SVD, SVD-of-classifier, Rand-LP, Rand-FS, the linear probe.
+* :mod:`~mrl.evaluation.classification` -- a checkpoint's classifier at any size, linear / 1-NN accuracy
+  (percent).
+* :mod:`~mrl.evaluation.robustness` -- ImageNet-V2/-Sketch/-A/-R class masks and datasets (imports torch;
+  not re-exported here).
+* :mod:`~mrl.evaluation.run` -- :func:`evaluate`, the orchestration behind ``scripts/eval.py``.
 
-Accuracies and retrieval metrics are fractions in [0, 1]. Bad inputs raise
+Accuracies and retrieval metrics are fractions in [0, 1] (except ``classification`` and the tables of
+``run``, which are percentages, like the training run's). Bad inputs raise
 :class:`mrl.errors.ConfigError`.
 """
 
@@ -40,6 +46,13 @@ from mrl.evaluation.baselines import (
     svd_probe,
     svd_projection,
 )
+from mrl.evaluation.classification import (
+    classification_sweep,
+    classifier_at,
+    knn_accuracy,
+    linear_accuracy,
+    load_head,
+)
 from mrl.evaluation.retrieval import (
     build_index,
     class_counts,
@@ -50,6 +63,7 @@ from mrl.evaluation.retrieval import (
     search,
     search_index,
 )
+from mrl.evaluation.run import evaluate
 
 __all__ = [
     "IMAGENET1K_DATABASE_SIZE",
@@ -59,16 +73,22 @@ __all__ = [
     "build_index",
     "cascade_decide",
     "class_counts",
+    "classification_sweep",
+    "classifier_at",
     "confidence_and_predictions",
+    "evaluate",
     "evaluate_retrieval",
     "exact_retrieval_mflops",
     "expected_size",
     "fixed_size_accuracy",
     "funnel_mflops",
     "funnel_retrieval",
+    "knn_accuracy",
     "l2_normalize_prefix",
     "labels_of",
+    "linear_accuracy",
     "linear_probe",
+    "load_head",
     "low_rank",
     "oracle",
     "pair_threshold_accuracy",

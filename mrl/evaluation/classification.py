@@ -1,0 +1,282 @@
+"""Classification at any embedding size from a checkpoint's head weights: linear (the trained
+classifiers) and 1-NN, over the embedding files of :mod:`mrl.embeddings`.
+
+Which classifier serves a prefix of length ``dim`` (:func:`classifier_at`):
+
+* ``mrle`` (MRL-E): its single weight ``W [C, width]`` sliced to ``W[:, :dim]`` with the shared bias;
+  any ``dim`` in ``1..width``.
+* ``mrl`` (MRL): the classifier of the smallest trained size ``m >= dim``, its weight sliced to
+  ``[:, :dim]``, with its own bias -- the paper's interpolation to untrained sizes ("next larger
+  head's slice"); at a trained size it is exactly that size's classifier.
+* ``ff`` (FF-k): only ``dim == k``.
+
+Accuracies here are percentages (like the training run's ``metrics_by_dim``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from mrl.errors import ConfigError
+from mrl.evaluation.retrieval import _as_2d, _as_labels, search
+
+HEAD_TYPES = ("mrl", "mrle", "ff")
+STATE_PREFIX = "model.head."
+CHECKPOINT_KEY = "mrl"  # = mrl.lightning.CHECKPOINT_KEY, without importing Lightning (seconds)
+
+
+class HeadWeights(NamedTuple):
+    """What :func:`load_head` returns (a tuple: ``head_type, nesting_dims, state, meta = load_head(p)``)."""
+
+    head_type: str
+    nesting_dims: list[int]
+    state: dict[str, np.ndarray]
+    meta: dict[str, Any]
+
+
+# --------------------------------------------------------------------------------------------------
+# head weights
+# --------------------------------------------------------------------------------------------------
+
+def check_head_type(expected: str | None, actual: str, source: str = "the checkpoint") -> None:
+    """``ConfigError('head', ...)`` when the user asked for head ``expected`` but ``source`` has ``actual``."""
+    if expected is None:
+        return
+    if expected not in HEAD_TYPES:
+        raise ConfigError("head", f"unknown head type {expected!r}", f"choose one of {list(HEAD_TYPES)} or null")
+    if expected != actual:
+        raise ConfigError("head", f"{source} is a checkpoint of another head type than asked: "
+                          f"it has head '{actual}', the config asks for '{expected}'",
+                          f"set head={actual} (or head=null to accept the checkpoint's), or give a '{expected}' "
+                          "checkpoint")
+
+
+def load_head(ckpt_path: str | Path, expected_head: str | None = None) -> HeadWeights:
+    """Read the head weights of a Lightning checkpoint written by ``scripts/train.py``.
+
+    Returns ``(head_type, nesting_dims, state, meta)``: ``state`` maps the head's parameter names
+    (``classifiers.0.weight``, ``weight``, ``classifier.bias``, ...) to float32 numpy arrays;
+    ``meta`` is the checkpoint's ``'mrl'`` entry (head, nesting_dims, num_classes, class_names, width).
+    ``expected_head`` (not None) must equal the checkpoint's head type, else :class:`ConfigError`.
+    """
+    import torch
+
+    path = Path(ckpt_path).expanduser()
+    if not path.is_file():
+        raise ConfigError("ckpt_path", f"{path} does not exist", "give the .ckpt written by scripts/train.py")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as err:
+        raise ConfigError("ckpt_path", f"cannot read checkpoint {path} ({type(err).__name__})",
+                          "give a checkpoint written by this project") from None
+    meta = ckpt.get(CHECKPOINT_KEY) if isinstance(ckpt, dict) else None
+    if meta is None or "state_dict" not in ckpt:
+        raise ConfigError("ckpt_path", f"{path} is not an mrl checkpoint (no '{CHECKPOINT_KEY}' or 'state_dict' entry)",
+                          "give a checkpoint written by scripts/train.py")
+    state = {k[len(STATE_PREFIX):]: v.detach().float().cpu().numpy()
+             for k, v in ckpt["state_dict"].items() if k.startswith(STATE_PREFIX)}
+    if not state:
+        raise ConfigError("ckpt_path", f"{path} holds no head weights ('{STATE_PREFIX}*')",
+                          "give a checkpoint written by scripts/train.py")
+    head_type = meta["head"]
+    check_head_type(expected_head, head_type, str(path))
+    return HeadWeights(head_type, [int(d) for d in meta["nesting_dims"]], state, dict(meta))
+
+
+def _state_of(head_state: Any) -> dict[str, np.ndarray]:
+    if isinstance(head_state, Mapping):
+        return {k: np.asarray(v.detach().cpu().float().numpy() if hasattr(v, "detach") else v, dtype=np.float32)
+                for k, v in head_state.items()}
+    if hasattr(head_state, "state_dict"):  # the head module itself
+        return {k: v.detach().cpu().float().numpy() for k, v in head_state.state_dict().items()}
+    raise ConfigError("head_state", f"expected a dict of arrays or a head module, got {type(head_state).__name__}")
+
+
+def _get(state: Mapping[str, np.ndarray], key: str, head_type: str) -> np.ndarray:
+    if key not in state:
+        raise ConfigError("head_state", f"has no '{key}' entry, which a '{head_type}' head needs",
+                          f"pass the weights of a '{head_type}' head (keys: {sorted(state)[:4]} ...)")
+    return state[key]
+
+
+def classifier_at(head_type: str, head_state: Any, nesting_dims: Sequence[int],
+                  dim: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(W [C, dim], b [C])`` float32 classifying the first ``dim`` coordinates (see the module doc).
+
+    ``head_state``: the head's parameters as a dict (``load_head(...).state``) or the head module.
+    """
+    if head_type not in HEAD_TYPES:
+        raise ConfigError("head", f"unknown head type {head_type!r}", f"choose one of {list(HEAD_TYPES)}")
+    dims = [int(d) for d in nesting_dims]
+    if isinstance(dim, bool) or not isinstance(dim, (int, np.integer)):
+        raise ConfigError("dims", f"sizes must be ints, got {dim!r}")
+    dim = int(dim)
+    state = _state_of(head_state)
+    if head_type == "ff":
+        if dim != dims[0]:
+            raise ConfigError("dims", f"an FF-k model is evaluated at its own size only: this is FF-{dims[0]}, "
+                              f"asked for size {dim}", f"use dims=nesting (= [{dims[0]}])")
+        return _get(state, "classifier.weight", head_type), _get(state, "classifier.bias", head_type)
+    top = dims[-1]
+    if not 1 <= dim <= top:
+        raise ConfigError("dims", f"size {dim} is outside 1..{top}, the sizes this '{head_type}' head classifies",
+                          f"use sizes between 1 and {top}")
+    if head_type == "mrle":
+        weight = _get(state, "weight", head_type)
+        return np.ascontiguousarray(weight[:, :dim]), _get(state, "bias", head_type)
+    g = next(i for i, m in enumerate(dims) if m >= dim)  # smallest trained size >= dim
+    weight = _get(state, f"classifiers.{g}.weight", head_type)
+    return np.ascontiguousarray(weight[:, :dim]), _get(state, f"classifiers.{g}.bias", head_type)
+
+
+# --------------------------------------------------------------------------------------------------
+# accuracies
+# --------------------------------------------------------------------------------------------------
+
+def linear_accuracy(emb: Any, labels: Any, W: Any, b: Any, ks: Sequence[int] = (1, 5), class_mask: Any = None,
+                    chunk: int = 16384) -> dict[str, float]:
+    """Top-k accuracy (percent) of ``emb[:, :dim] @ W.T + b`` with ``dim = W.shape[1]``.
+
+    ``emb`` may be wider than ``dim`` (its prefix is used). ``class_mask`` (indices of allowed classes,
+    e.g. ImageNet-A's 200 of 1000): the ranking is over those classes only; ``labels`` stay in the
+    full class index space, and a label outside the mask is never correct. ``k`` is capped at the number
+    of allowed classes. Returns ``{"top1": .., "top5": ..}`` (one key per k).
+    """
+    emb = _as_2d(emb, "emb")
+    labels = _as_labels(labels, len(emb), "labels", "emb")
+    W = np.asarray(W, dtype=np.float32)
+    b = np.asarray(b, dtype=np.float32).reshape(-1)
+    if W.ndim != 2 or len(b) != W.shape[0]:
+        raise ConfigError("W", f"expected W [C, dim] and b [C], got {W.shape} and {b.shape}")
+    num_classes, dim = W.shape
+    if emb.shape[1] < dim:
+        raise ConfigError("emb", f"has width {emb.shape[1]}, smaller than the classifier's {dim}")
+    if class_mask is None:
+        allowed = np.arange(num_classes)
+    else:
+        allowed = np.asarray(class_mask, dtype=np.int64).reshape(-1)
+        if (allowed.size == 0 or allowed.min() < 0 or allowed.max() >= num_classes
+                or len(np.unique(allowed)) != allowed.size):
+            raise ConfigError("class_mask", f"must be distinct class indices in [0, {num_classes})")
+        W, b = W[allowed], b[allowed]
+    ks = [int(k) for k in ks]
+    if not ks or min(ks) < 1:
+        raise ConfigError("ks", f"must be positive ints, got {ks}")
+    kmax = min(max(ks), len(allowed))
+    hits = np.zeros(len(ks), dtype=np.int64)
+    for s in range(0, len(emb), chunk):
+        x = np.asarray(emb[s:s + chunk, :dim], dtype=np.float32)
+        logits = x @ W.T + b
+        if kmax < logits.shape[1]:
+            top = np.argpartition(-logits, kmax - 1, axis=1)[:, :kmax]
+            order = np.argsort(-np.take_along_axis(logits, top, axis=1), axis=1, kind="stable")
+            top = np.take_along_axis(top, order, axis=1)
+        else:
+            top = np.argsort(-logits, axis=1, kind="stable")[:, :kmax]
+        match = allowed[top] == labels[s:s + chunk, None]
+        for i, k in enumerate(ks):
+            hits[i] += int(match[:, :min(k, kmax)].any(axis=1).sum())
+    return {f"top{k}": 100.0 * float(h) / len(emb) for k, h in zip(ks, hits)}
+
+
+def knn_accuracy(db_emb: Any, db_labels: Any, q_emb: Any, q_labels: Any, dim: int) -> float:
+    """1-NN top-1 (percent) on the L2-normalised first ``dim`` coordinates (exact cosine search)."""
+    db_emb = _as_2d(db_emb, "db_emb")
+    q_emb = _as_2d(q_emb, "q_emb")
+    db_labels = _as_labels(db_labels, len(db_emb), "db_labels", "db_emb")
+    q_labels = _as_labels(q_labels, len(q_emb), "q_labels", "q_emb")
+    width = min(db_emb.shape[1], q_emb.shape[1])
+    if isinstance(dim, bool) or not isinstance(dim, (int, np.integer)) or not 1 <= dim <= width:
+        raise ConfigError("dims", f"size {dim!r} is outside 1..{width}, the embedding width")
+    _, idx = search(db_emb[:, :dim], q_emb[:, :dim], 1)
+    return 100.0 * float(np.mean(db_labels[idx[:, 0]] == q_labels))
+
+
+# --------------------------------------------------------------------------------------------------
+# sweep
+# --------------------------------------------------------------------------------------------------
+
+def resolve_dims(spec: Any, head_type: str, nesting_dims: Sequence[int], width: int) -> list[int]:
+    """``"nesting"`` (the trained sizes), ``"all"`` (every prefix length ``1..nesting_dims[-1]``) or a
+    list of sizes (sorted, duplicates dropped), each in ``1..width``."""
+    dims = [int(d) for d in nesting_dims]
+    if isinstance(spec, str):
+        if spec == "nesting":
+            return dims
+        if spec == "all":
+            if head_type == "ff":
+                raise ConfigError("dims", f"dims=all asks for every size, but an FF-k model is evaluated at its "
+                                  f"own size only (FF-{dims[0]})", "use dims=nesting")
+            return list(range(1, dims[-1] + 1))
+        raise ConfigError("dims", f"unknown value {spec!r}", "use nesting, all, or a list of sizes such as [8,64]")
+    if isinstance(spec, (int, np.integer)) and not isinstance(spec, bool):
+        spec = [spec]
+    if not isinstance(spec, (Sequence, np.ndarray)) or isinstance(spec, bytes) or len(spec) == 0:
+        raise ConfigError("dims", f"expected nesting, all or a non-empty list of sizes, got {spec!r}")
+    out = []
+    for d in spec:
+        if isinstance(d, bool) or not isinstance(d, (int, np.integer)):
+            raise ConfigError("dims", f"sizes must be ints, got {d!r} in {list(spec)}")
+        if not 1 <= int(d) <= width:
+            raise ConfigError("dims", f"size {int(d)} is outside 1..{width}, the embedding width",
+                              f"use sizes between 1 and {width}")
+        out.append(int(d))
+    return sorted(set(out))
+
+
+def _head_parts(head: Any) -> tuple[str, list[int], Any]:
+    if isinstance(head, tuple) and len(head) >= 3:  # HeadWeights or a plain (type, dims, state, ...) tuple
+        return str(head[0]), [int(d) for d in head[1]], head[2]
+    if hasattr(head, "head_type") and hasattr(head, "nesting_dims"):  # a head module
+        return head.head_type, list(head.nesting_dims), head
+    raise ConfigError("head", f"expected load_head(...)'s result or a head module, got {type(head).__name__}")
+
+
+def _split(split: Any):
+    from mrl.embeddings import EmbeddingSplit, load_split
+
+    if split is None or isinstance(split, EmbeddingSplit):
+        return split
+    return load_split(split)
+
+
+def classification_sweep(train_split: Any, test_split: Any, head: Any, dims: Any = "nesting", knn: bool = True,
+                         ks: Sequence[int] = (1, 5), class_mask: Any = None) -> list[dict[str, Any]]:
+    """Linear and 1-NN accuracy (percent) of ``test_split`` at each size in ``dims``.
+
+    ``train_split``/``test_split``: :class:`~mrl.embeddings.EmbeddingSplit` or their folders (the train
+    split is the k-NN database; it may be None with ``knn=False``). ``head``: :func:`load_head`'s result
+    or a head module. ``dims``: ``"nesting"``, ``"all"`` or a list (:func:`resolve_dims`).
+
+    Rows: ``{"dim", "trained" (dim is a trained size), "top1", "top5", "knn_top1"}``.
+    """
+    head_type, nesting_dims, state = _head_parts(head)
+    test = _split(test_split)
+    train = _split(train_split)
+    if test is None:
+        raise ConfigError("test_split", "is required")
+    if knn and train is None:
+        raise ConfigError("train_split", "is required for k-NN (the database)", "pass it, or knn=False")
+    width = test.width
+    if train is not None and train.width != width:
+        raise ConfigError("train_split", f"has width {train.width} but the test split has {width}",
+                          "embed both splits with the same checkpoint")
+    dims = resolve_dims(dims, head_type, nesting_dims, width)
+    state = _state_of(state)  # once, not per size
+    num_classes = int(classifier_at(head_type, state, nesting_dims, nesting_dims[0])[0].shape[0])
+    if test.logits.shape[2] != num_classes:
+        raise ConfigError("ckpt_path", f"the head has {num_classes} classes but the embeddings have "
+                          f"{test.logits.shape[2]}", "use the checkpoint the embeddings were made with")
+    rows = []
+    for dim in dims:
+        W, b = classifier_at(head_type, state, nesting_dims, dim)
+        row: dict[str, Any] = {"dim": dim, "trained": dim in nesting_dims}
+        row.update(linear_accuracy(test.embeddings, test.labels, W, b, ks, class_mask))
+        if knn:
+            row["knn_top1"] = knn_accuracy(train.embeddings, train.labels, test.embeddings, test.labels, dim)
+        rows.append(row)
+    return rows
