@@ -15,7 +15,7 @@ os.environ.setdefault("WANDB_SILENT", "true")
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 CONFIG_DIR = PROJECT_ROOT / "configs"
-SHARED_DATA = PROJECT_ROOT.parent / "shared" / "data"
+SHARED_DATA = Path(os.environ.get("MRL_SHARED_DATA", PROJECT_ROOT.parent / "shared" / "data"))
 CIFAR10_TAR = SHARED_DATA / "cifar10-jpeg.tar.gz"
 EXPERIMENTS = sorted(p.stem for p in (CONFIG_DIR / "experiment").glob("*.yaml"))
 
