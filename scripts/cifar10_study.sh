@@ -26,11 +26,12 @@ overrides() {  # the head of a model name
   esac
 }
 
-evaluators() {
+evaluators() {  # what to run on a model, and the SVD/random baselines at every size on FF-512
+  local dims; dims=$(IFS=,; echo "${DIMS[*]}")
   case $1 in
-    mrl|mrle) echo "[classification,adaptive_classification,retrieval,adaptive_retrieval]" ;;
-    ff512) echo "[classification,retrieval,baselines]" ;;
-    ff*) echo "[classification,retrieval]" ;;
+    mrl|mrle) echo "evaluators=[classification,adaptive_classification,retrieval,adaptive_retrieval]" ;;
+    ff512) echo "evaluators=[classification,retrieval,baselines] baselines.dims=[$dims]" ;;
+    ff*) echo "evaluators=[classification,retrieval]" ;;
   esac
 }
 
@@ -55,7 +56,8 @@ evaluate_model() {
   fi
   if [[ ! -f $dir/eval/DONE ]]; then
     echo "evaluate $name"
-    "$PY" scripts/eval.py "embeddings_dir=$dir/embeddings" "evaluators=$(evaluators "$name")" \
+    # shellcheck disable=SC2046
+    "$PY" scripts/eval.py "embeddings_dir=$dir/embeddings" $(evaluators "$name") \
       "output_dir=$dir/eval" "hydra.run.dir=$dir/eval/hydra"
     touch "$dir/eval/DONE"
   fi

@@ -1,0 +1,959 @@
+"""Collect a study (MRL, MRL-E and FF-k models trained with one recipe) into comparison tables and plots:
+the library behind ``scripts/report.py``.
+
+A study directory holds one Hydra run directory per model, named ``mrl``, ``mrle`` and ``ff<k>`` (FF-k:
+the fixed-feature baseline trained at size k), as ``scripts/cifar10_study.sh`` lays it out. Each has
+``metrics_by_dim.csv`` (training's test top-1/top-5 per size), ``.hydra/{config,overrides,hydra}.yaml``
+and, after the evaluation stage, ``eval/`` with the tables of :mod:`mrl.evaluation.run`
+(``classification``, ``retrieval``, ``adaptive_classification``, ``adaptive_retrieval``, and for the
+full-width FF model ``baselines``). Every number in the report is read from those files (percentages, as
+written there); a missing model or table is listed in :attr:`Study.missing` and left empty, since
+the study runs in stages.
+
+::
+
+    from mrl.study_report import collect_study, write_report
+    study = collect_study("logs/cifar10_study")
+    write_report(study, "results/cifar10", title="CIFAR-10, ResNet-18")
+
+:func:`load_paper_reference` reads the paper's published ImageNet-1K ResNet-50 numbers
+(``results/paper_reference``); an ImageNet study's plots draw them dashed beside ours.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import re
+import shlex
+import shutil
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_PAPER_DIR = PROJECT_ROOT / "results" / "paper_reference"
+PAPER_LABEL = "paper (ResNet-50, ImageNet-1K)"
+EVALUATOR_FILES = ("classification", "retrieval", "adaptive_classification", "adaptive_retrieval", "baselines")
+MODEL_NAME = re.compile(r"^(?:(mrl)|(mrle)|ff(\d+))$")
+# config keys that legitimately differ between the models of a study (not reported as recipe differences)
+PER_MODEL_KEYS = ("model.head", "model.nesting_dims", "ckpt_path", "hydra")
+
+
+# --------------------------------------------------------------------------------------------------
+# reading
+# --------------------------------------------------------------------------------------------------
+
+def _value(text: str) -> Any:
+    """A CSV cell: int, float, ``None`` for an empty cell, else the string unchanged."""
+    s = text.strip()
+    if s == "":
+        return None
+    try:
+        return int(s)
+    except ValueError:
+        pass
+    try:
+        return float(s)
+    except ValueError:
+        return s
+
+
+def read_csv(path: str | Path) -> list[dict[str, Any]]:
+    """Rows of a CSV file as dicts, numbers parsed (``""`` -> ``None``)."""
+    with Path(path).open(newline="") as f:
+        return [{k.strip(): _value(v or "") for k, v in row.items() if k is not None}
+                for row in csv.DictReader(f)]
+
+
+def _load_yaml(path: Path) -> Any:
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_container(OmegaConf.load(path), resolve=False)
+
+
+def _get(cfg: Mapping[str, Any] | None, dotted: str, default: Any = None) -> Any:
+    node: Any = cfg
+    for part in dotted.split("."):
+        if not isinstance(node, Mapping) or part not in node:
+            return default
+        node = node[part]
+    return node
+
+
+def _flatten(cfg: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(cfg, Mapping):
+        out: dict[str, Any] = {}
+        for k, v in cfg.items():
+            out.update(_flatten(v, f"{prefix}{k}."))
+        return out if out or not prefix else {prefix[:-1]: {}}
+    return {prefix[:-1]: cfg}
+
+
+# --------------------------------------------------------------------------------------------------
+# the study
+# --------------------------------------------------------------------------------------------------
+
+@dataclass
+class Model:
+    """One model folder of a study."""
+
+    name: str                              # folder name: mrl, mrle, ff<k>
+    kind: str                              # mrl | mrle | ff
+    k: int | None                          # FF-k's size
+    path: Path
+    config: dict[str, Any] | None = None   # .hydra/config.yaml (unresolved)
+    overrides: list[str] | None = None     # .hydra/overrides.yaml
+    hydra_overrides: list[str] = field(default_factory=list)  # hydra.* overrides from .hydra/hydra.yaml
+    metrics: list[dict[str, Any]] | None = None               # metrics_by_dim.csv
+    eval: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # evaluator -> rows of eval/<name>.csv
+    eval_command: str | None = None        # eval/command.txt
+    eval_config: dict[str, Any] | None = None  # eval/eval_config.yaml
+    embed_command: str | None = None       # reconstructed from the embeddings folder's Hydra record
+    embed_source: str | None = None
+
+    @property
+    def label(self) -> str:
+        return {"mrl": "MRL", "mrle": "MRL-E"}.get(self.kind, f"FF-{self.k}")
+
+    @property
+    def eval_dir(self) -> Path:
+        return self.path / "eval"
+
+    def train_command(self) -> str | None:
+        if self.overrides is None:
+            return None
+        return shlex.join(["python", "scripts/train.py", *self.overrides, *self.hydra_overrides])
+
+
+@dataclass
+class Study:
+    root: Path
+    models: dict[str, Model]
+    sizes: list[int]                 # rows of the by-size tables: the study's nesting sizes (+ FF and baseline sizes)
+    width: int | None                # full embedding width (the largest size)
+    config: dict[str, Any] | None    # the reference config (mrl's, else the first found)
+    config_from: str | None
+    missing: list[str]               # what is absent (a stage not run yet, a failed run)
+    notes: list[str]                 # other remarks (recipe differences across models, ...)
+    nesting: list[int] = field(default_factory=list)  # MRL's trained sizes (config, else its result files)
+
+    @property
+    def is_imagenet(self) -> bool:
+        return str(_get(self.config, "data.name", "")).lower() == "imagenet"
+
+    def model(self, name: str) -> Model | None:
+        return self.models.get(name)
+
+    def ff_models(self) -> list[Model]:
+        return sorted((m for m in self.models.values() if m.kind == "ff"), key=lambda m: m.k)
+
+    def baselines_model(self) -> Model | None:
+        """The FF model whose ``eval/baselines.csv`` feeds SVD / Rand-LP / Rand-FS: FF-<width> if it has one,
+        else the largest FF model that has one."""
+        have = [m for m in self.ff_models() if "baselines" in m.eval]
+        if not have:
+            return None
+        return next((m for m in have if m.k == self.width), have[-1])
+
+
+def _model_from_dir(path: Path) -> Model | None:
+    match = MODEL_NAME.match(path.name)
+    if not match:
+        return None
+    kind = "mrl" if match.group(1) else "mrle" if match.group(2) else "ff"
+    return Model(path.name, kind, int(match.group(3)) if kind == "ff" else None, path)
+
+
+def _resolve_path(p: str, study_root: Path) -> Path:
+    path = Path(p).expanduser()
+    if path.is_absolute() or path.exists():
+        return path
+    for base in (PROJECT_ROOT, study_root.parent, study_root):
+        if (base / path).exists():
+            return base / path
+    return path
+
+
+def _embed_record(model: Model, study_root: Path) -> None:
+    """Find the embeddings folder (``eval_config.yaml``'s ``embeddings_dir``, else ``<model>/embeddings``
+    or ``<model>/embed``) and reconstruct its ``scripts/embed.py`` command from its ``command.txt`` or its
+    Hydra record (``.hydra/`` in the folder or in a subfolder, e.g. ``embeddings/hydra/.hydra/`` when
+    ``hydra.run.dir`` pointed there)."""
+    candidates = []
+    emb = _get(model.eval_config, "embeddings_dir")
+    if emb:
+        candidates.append(_resolve_path(str(emb), study_root))
+    candidates += [model.path / "embeddings", model.path / "embed"]
+    for d in candidates:
+        if (d / "command.txt").is_file():
+            model.embed_command = (d / "command.txt").read_text().strip()
+            model.embed_source = str(d / "command.txt")
+            return
+        runs = [d] + (sorted(p for p in d.iterdir() if p.is_dir()) if d.is_dir() else [])
+        for run in runs:
+            if (run / ".hydra" / "overrides.yaml").is_file():
+                overrides = [str(o) for o in (_load_yaml(run / ".hydra" / "overrides.yaml") or [])]
+                hydra_ov = _hydra_overrides(run)
+                model.embed_command = shlex.join(["python", "scripts/embed.py", *overrides, *hydra_ov])
+                model.embed_source = str(run / ".hydra" / "overrides.yaml")
+                return
+
+
+def _hydra_overrides(run_dir: Path) -> list[str]:
+    """``hydra.*`` command-line overrides (``hydra.run.dir=...``) from ``.hydra/hydra.yaml``, minus
+    ``hydra.mode``, which Hydra adds itself."""
+    path = run_dir / ".hydra" / "hydra.yaml"
+    if not path.is_file():
+        return []
+    ov = _get(_load_yaml(path), "hydra.overrides.hydra") or []
+    return [str(o) for o in ov if not str(o).startswith("hydra.mode=")]
+
+
+def _load_model(model: Model, study_root: Path, missing: list[str]) -> None:
+    hydra = model.path / ".hydra"
+    if (hydra / "config.yaml").is_file():
+        model.config = _load_yaml(hydra / "config.yaml")
+    else:
+        missing.append(f"{model.name}: .hydra/config.yaml missing")
+    if (hydra / "overrides.yaml").is_file():
+        model.overrides = [str(o) for o in (_load_yaml(hydra / "overrides.yaml") or [])]
+        model.hydra_overrides = _hydra_overrides(model.path)
+    else:
+        missing.append(f"{model.name}: .hydra/overrides.yaml missing (training command unknown)")
+    if (model.path / "metrics_by_dim.csv").is_file():
+        model.metrics = read_csv(model.path / "metrics_by_dim.csv")
+    else:
+        state = "a checkpoints/last.ckpt exists" if (model.path / "checkpoints" / "last.ckpt").is_file() \
+            else "no checkpoints/last.ckpt yet"
+        missing.append(f"{model.name}: metrics_by_dim.csv missing: training unfinished or failed ({state})")
+    for name in EVALUATOR_FILES:
+        if (model.eval_dir / f"{name}.csv").is_file():
+            model.eval[name] = read_csv(model.eval_dir / f"{name}.csv")
+    if (model.eval_dir / "command.txt").is_file():
+        model.eval_command = (model.eval_dir / "command.txt").read_text().strip()
+    if (model.eval_dir / "eval_config.yaml").is_file():
+        model.eval_config = _load_yaml(model.eval_dir / "eval_config.yaml")
+    _embed_record(model, study_root)
+    if model.kind == "ff" and model.config is not None:
+        dims = _get(model.config, "model.nesting_dims")
+        if isinstance(dims, list) and dims != [model.k]:
+            missing.append(f"{model.name}: its config trains sizes {dims}, not [{model.k}] as the folder name says; "
+                           f"its FF column entry is skipped")
+            model.metrics = None
+            model.eval = {k: v for k, v in model.eval.items() if k == "baselines"}
+
+
+def _int_list(value: Any) -> list[int] | None:
+    if isinstance(value, list) and value and all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+        return [int(v) for v in value]
+    return None
+
+
+def _study_nesting(models: Mapping[str, Model]) -> list[int]:
+    """MRL's (else MRL-E's) trained sizes: ``model.nesting_dims`` of its config when it is a list, else (``auto``,
+    an interpolation) the sizes of its ``metrics_by_dim.csv`` or of ``eval/eval_config.yaml``'s resolved record."""
+    for name in ("mrl", "mrle"):
+        m = models.get(name)
+        if m is None:
+            continue
+        for candidate in (_get(m.config, "model.nesting_dims"),
+                          [r["dim"] for r in m.metrics or [] if isinstance(r.get("dim"), int)],
+                          _get(m.eval_config, "resolved.nesting_dims")):
+            dims = _int_list(candidate)
+            if dims:
+                return dims
+    return []
+
+
+def collect_study(study_dir: str | Path) -> Study:
+    """Read every model folder of ``study_dir``; absent models and tables go to ``Study.missing``."""
+    root = Path(study_dir)
+    if not root.is_dir():
+        raise FileNotFoundError(f"study directory {root} does not exist")
+    missing: list[str] = []
+    notes: list[str] = []
+    models: dict[str, Model] = {}
+    for path in sorted(p for p in root.iterdir() if p.is_dir()):
+        model = _model_from_dir(path)
+        if model is None:
+            if not path.name.startswith("."):
+                notes.append(f"{path.name}/: not a model folder (expected mrl, mrle or ff<k>), ignored")
+            continue
+        models[model.name] = model
+    for model in models.values():
+        _load_model(model, root, missing)
+
+    ref = next((models[n] for n in ("mrl", "mrle") if n in models and models[n].config), None) or \
+        next((m for m in models.values() if m.config), None)
+    config = ref.config if ref else None
+    nesting = _study_nesting(models)
+    sizes = {int(d) for d in nesting} | {m.k for m in models.values() if m.kind == "ff"}
+    width = max(sizes) if sizes else None
+    for m in models.values():
+        if m.kind == "ff" and "baselines" in m.eval:
+            sizes |= {int(r["dim"]) for r in m.eval["baselines"] if r.get("dim") is not None}
+    sizes_sorted = sorted(sizes)
+
+    # what a complete study has
+    expected = ["mrl", "mrle"] + [f"ff{d}" for d in sorted(int(d) for d in nesting)]
+    missing[:0] = [f"{name}: model folder missing" for name in expected if name not in models]
+    for m in models.values():
+        if not m.eval_dir.is_dir():
+            missing.append(f"{m.name}: eval/ missing (evaluation stage not run)")
+            continue
+        wanted = ["classification", "retrieval"] + (["adaptive_classification", "adaptive_retrieval"]
+                                                    if m.kind in ("mrl", "mrle") else [])
+        for name in wanted:
+            if name not in m.eval:
+                missing.append(f"{m.name}: eval/{name}.csv missing")
+    if width is not None and not any("baselines" in m.eval for m in models.values()):
+        missing.append(f"ff{width}: eval/baselines.csv missing (SVD, Rand-LP and Rand-FS columns left empty)")
+
+    # the recipe should be the same for every model: list the settings that differ
+    flat = {m.name: _flatten(m.config) for m in models.values() if m.config}
+    keys = sorted({k for f in flat.values() for k in f})
+    for key in keys:
+        if any(key == p or key.startswith(p + ".") for p in PER_MODEL_KEYS):
+            continue
+        values = {name: f.get(key) for name, f in flat.items()}
+        if len({json.dumps(v, sort_keys=True, default=str) for v in values.values()}) > 1:
+            notes.append(f"recipe differs across models: {key} = " +
+                         ", ".join(f"{n}: {v}" for n, v in values.items()))
+    study = Study(root, models, sizes_sorted, width, config, ref.name if ref else None, missing, notes, nesting)
+    b = study.baselines_model()
+    if b is not None and b.k != width:
+        notes.append(f"baselines read from {b.name} (ff{width} has no eval/baselines.csv)")
+    return study
+
+
+# --------------------------------------------------------------------------------------------------
+# tables
+# --------------------------------------------------------------------------------------------------
+
+TEXT_COLUMNS = ("method", "kind")
+# columns that are not percentages: 4 significant digits in Markdown (CSV/JSON keep every digit)
+COST_COLUMNS = ("expected_dim", "expected_dim_std", "oracle_expected_dim", "mflops", "mflops_speedup",
+                "us_per_query", "speedup")
+
+
+@dataclass
+class Table:
+    name: str                      # file stem
+    title: str
+    columns: list[str]
+    rows: list[dict[str, Any]]
+    notes: list[str] = field(default_factory=list)
+    sources: list[str] = field(default_factory=list)
+    raw_markdown: bool = False     # Markdown shows the values as read (reference tables), not rounded
+
+    def column(self, name: str) -> list[Any]:
+        return [r.get(name) for r in self.rows]
+
+    def value(self, key_column: str, key: Any, column: str) -> Any:
+        return next((r.get(column) for r in self.rows if r.get(key_column) == key), None)
+
+    def csv_text(self) -> str:
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=self.columns, lineterminator="\n")
+        writer.writeheader()
+        for r in self.rows:
+            writer.writerow({c: "" if r.get(c) is None else r.get(c) for c in self.columns})
+        return buf.getvalue()
+
+    def markdown(self, heading: str = "###") -> str:
+        lines = [f"{heading} {self.title}", ""]
+        if not self.rows:
+            lines.append("(no data yet)")
+        else:
+            lines += ["| " + " | ".join(self.columns) + " |",
+                      "|" + "|".join(":---" if c in TEXT_COLUMNS else "---:" for c in self.columns) + "|"]
+            for r in self.rows:
+                lines.append("| " + " | ".join(_fmt(r.get(c), c, self.raw_markdown) for c in self.columns) + " |")
+        if self.notes:
+            lines += [""] + [f"* {n}" for n in self.notes]
+        return "\n".join(lines) + "\n"
+
+    def json_text(self) -> str:
+        return json.dumps({"title": self.title, "columns": self.columns, "rows": self.rows, "notes": self.notes,
+                           "sources": self.sources}, indent=2, default=_json_default)
+
+
+def _json_default(v: Any) -> Any:
+    if isinstance(v, float) and not math.isfinite(v):
+        return str(v)
+    raise TypeError(f"not JSON serialisable: {type(v).__name__}")
+
+
+def _fmt(v: Any, column: str = "", raw: bool = False) -> str:
+    if v is None:
+        return "–"
+    if isinstance(v, float) and not raw:
+        return f"{v:.4g}" if column in COST_COLUMNS else f"{v:.2f}"
+    return str(v)
+
+
+def _rel(path: Path, study: Study) -> str:
+    """A file of the study as the user named the study folder (relative paths stay relative)."""
+    return str(path)
+
+
+def _row_at(rows: Sequence[Mapping[str, Any]] | None, dim: int) -> Mapping[str, Any] | None:
+    if not rows:
+        return None
+    return next((r for r in rows if r.get("dim") is not None and int(r["dim"]) == dim), None)
+
+
+def _top1_source(model: Model) -> tuple[list[dict[str, Any]] | None, str]:
+    if model.metrics is not None:
+        return model.metrics, "metrics_by_dim.csv"
+    if "classification" in model.eval:
+        return model.eval["classification"], "eval/classification.csv"
+    return None, ""
+
+
+def _by_size(study: Study, name: str, title: str, columns: Sequence[tuple[str, str]], per_model, baseline_cols,
+             notes: Sequence[str]) -> Table:
+    """Rows = study sizes; MRL / MRL-E columns read at every size, FF at its own k, baselines from
+    the FF-<width> model. ``per_model(model) -> (rows, source, column)``."""
+    rows = [{"dim": d} for d in study.sizes]
+    sources: list[str] = []
+    for label, model_name in columns:
+        if model_name == "ff":
+            for m in study.ff_models():
+                src_rows, src, col = per_model(m)
+                r = _row_at(src_rows, m.k)
+                if r is not None and r.get(col) is not None:
+                    next(x for x in rows if x["dim"] == m.k)[label] = r[col]
+                    sources.append(f"{label} @ {m.k}: `{_rel(m.path / src, study)}` ({col})")
+            continue
+        m = study.model(model_name)
+        if m is None:
+            continue
+        src_rows, src, col = per_model(m)
+        if src_rows is None:
+            continue
+        for x in rows:
+            r = _row_at(src_rows, x["dim"])
+            if r is not None and r.get(col) is not None:
+                x[label] = r[col]
+        sources.append(f"{label}: `{_rel(m.path / src, study)}` ({col})")
+    b = study.baselines_model()
+    if b is not None:
+        for label, col in baseline_cols:
+            if any(col in r for r in b.eval["baselines"]):
+                for x in rows:
+                    r = _row_at(b.eval["baselines"], x["dim"])
+                    if r is not None and r.get(col) is not None:
+                        x[label] = r[col]
+                sources.append(f"{label}: `{_rel(b.eval_dir / 'baselines.csv', study)}` ({col})")
+    cols = ["dim"] + [label for label, _ in columns] + [label for label, _ in baseline_cols]
+    rows = [r for r in rows if len(r) > 1] if any(len(r) > 1 for r in rows) else []
+    return Table(name, title, cols, rows, list(notes), sources)
+
+
+MODEL_COLUMNS = (("MRL", "mrl"), ("MRL-E", "mrle"), ("FF", "ff"))
+
+
+def top1_table(study: Study) -> Table:
+    def per_model(m):
+        rows, src = _top1_source(m)
+        return rows, src, "top1"
+
+    return _by_size(study, "top1_by_size", "Linear-classifier top-1 (%) by representation size", MODEL_COLUMNS,
+                    per_model, (("SVD", "svd_top1"), ("SVD-classifier", "svd_classifier_top1"),
+                                ("Rand-LP", "rand_lp_top1")),
+                    ["MRL, MRL-E: the model's classifier at each size; FF: FF-k's classifier, at its own size k; "
+                     "the test top-1 of the training run (metrics_by_dim.csv), else eval/classification.csv.",
+                     "SVD, SVD-classifier, Rand-LP: baselines from the full-width FF model (eval/baselines.csv): "
+                     "a probe on the top-d SVD directions, the FF classifier at rank d, a probe on d random "
+                     "coordinates."])
+
+
+def knn_table(study: Study) -> Table:
+    def per_model(m):
+        return m.eval.get("classification"), "eval/classification.csv", "knn_top1"
+
+    return _by_size(study, "knn_top1_by_size", "1-NN top-1 (%) by representation size", MODEL_COLUMNS,
+                    per_model, (("Rand-FS", "rand_fs_top1"),),
+                    ["1-NN with cosine similarity on the size-d prefix, train split as the database "
+                     "(eval/classification.csv, knn_top1); FF at its own size k.",
+                     "Rand-FS: 1-NN on d random coordinates of the full-width FF model (eval/baselines.csv)."])
+
+
+def map_table(study: Study, k: int = 10) -> Table:
+    def per_model(m):
+        return m.eval.get("retrieval"), "eval/retrieval.csv", f"map@{k}"
+
+    return _by_size(study, f"map{k}_by_size", f"Retrieval mAP@{k} (%) by representation size", MODEL_COLUMNS,
+                    per_model, (("Rand-FS", f"rand_fs_map@{k}"),),
+                    [f"mAP@{k} as the paper computes it (eval/retrieval.csv); database: train split, queries: "
+                     "test split; FF at its own size k; Rand-FS: d random coordinates of the full-width FF model."])
+
+
+def retrieval_table(study: Study, k: int = 10) -> Table:
+    metrics = [f"map@{k}", f"precision@{k}", f"recall@{k}", f"hit@{k}", "top1"]
+    rows, sources = [], []
+    for m in [study.model("mrl"), study.model("mrle"), *study.ff_models()]:
+        if m is None or "retrieval" not in m.eval:
+            continue
+        for r in m.eval["retrieval"]:
+            d = int(r["dim"])
+            if (m.kind == "ff" and d != m.k) or (m.kind != "ff" and d not in study.sizes):
+                continue
+            rows.append({"method": m.label, "dim": d, **{c: r.get(c) for c in metrics}})
+        sources.append(f"{m.label}: `{_rel(m.eval_dir / 'retrieval.csv', study)}`")
+    b = study.baselines_model()
+    if b is not None and any(f"rand_fs_map@{k}" in r for r in b.eval["baselines"]):
+        for r in b.eval["baselines"]:
+            rows.append({"method": "Rand-FS", "dim": int(r["dim"]), f"map@{k}": r.get(f"rand_fs_map@{k}"),
+                         "top1": r.get("rand_fs_top1")})
+        sources.append(f"Rand-FS: `{_rel(b.eval_dir / 'baselines.csv', study)}`")
+    return Table("retrieval_by_size", f"Retrieval (%) at k = {k}, by method and size", ["method", "dim", *metrics],
+                 rows, [f"precision@{k}: hits in the top {k} / {k}; recall@{k}: hits / the query's class size in the "
+                        f"database; hit@{k}: any hit in the top {k}; top1: 1-NN accuracy. Rand-FS: only mAP and top1 "
+                        "are evaluated."], sources)
+
+
+AC_COLUMNS = ("cap", "expected_dim", "expected_dim_std", "accuracy", "accuracy_std", "fixed_accuracy",
+              "oracle_expected_dim", "oracle_accuracy")
+
+
+def adaptive_classification_table(study: Study) -> Table:
+    rows, sources = [], []
+    for name in ("mrl", "mrle"):
+        m = study.model(name)
+        if m is None or "adaptive_classification" not in m.eval:
+            continue
+        for r in m.eval["adaptive_classification"]:
+            rows.append({"method": m.label, **{c: r.get(c) for c in AC_COLUMNS}})
+        sources.append(f"{m.label}: `{_rel(m.eval_dir / 'adaptive_classification.csv', study)}`")
+    return Table("adaptive_classification", "Adaptive classification (%): confidence cascade up to each cap",
+                 ["method", *AC_COLUMNS], rows,
+                 ["accuracy at expected_dim: the cascade over the trained sizes up to cap (mean over the random "
+                  "threshold-selection splits, std beside it); fixed_accuracy: the cap size alone; oracle: the "
+                  "smallest correct size per sample (an upper bound)."], sources)
+
+
+def adaptive_retrieval_table(study: Study) -> Table:
+    rows, sources, metric = [], [], None
+    for name in ("mrl", "mrle"):
+        m = study.model(name)
+        if m is None or "adaptive_retrieval" not in m.eval:
+            continue
+        table = m.eval["adaptive_retrieval"]
+        if metric is None:
+            metric = next((c for r in table[:1] for c in r if c.startswith("map@")), "map@10")
+        exact = next((r for r in table if r.get("kind") == "exact"), None)
+        for r in table:
+            mf = r.get("mflops")
+            ex = exact.get("mflops") if exact else None
+            rows.append({"method": m.label, "kind": r.get("kind"), "D_s": r.get("D_s"), "D_r": r.get("D_r"),
+                         "K": r.get("K"), metric: r.get(metric), "top1": r.get("top1"), "mflops": mf,
+                         "mflops_speedup": ex / mf if isinstance(ex, (int, float)) and isinstance(mf, (int, float))
+                         and mf > 0 else None,
+                         "us_per_query": r.get("us_per_query"), "speedup": r.get("speedup")})
+        sources.append(f"{m.label}: `{_rel(m.eval_dir / 'adaptive_retrieval.csv', study)}`")
+    metric = metric or "map@10"
+    return Table("adaptive_retrieval", f"Adaptive retrieval: {metric.replace('map', 'mAP')} (%) against cost",
+                 ["method", "kind", "D_s", "D_r", "K", metric, "top1", "mflops", "mflops_speedup", "us_per_query",
+                  "speedup"], rows,
+                 ["shortlist K by the first D_s coordinates, rerank on D_r (a funnel: several stages, D_r and K "
+                  "listed); exact: brute-force search at the full width.",
+                  "mflops: the paper's cost model per query; mflops_speedup: exact mflops / this one; us_per_query: "
+                  "measured wall-clock per query; speedup: exact us_per_query / this one (both from "
+                  "eval/adaptive_retrieval.csv)."], sources)
+
+
+def build_tables(study: Study, k: int = 10) -> dict[str, Table]:
+    tables = [top1_table(study), knn_table(study), map_table(study, k), retrieval_table(study, k),
+              adaptive_classification_table(study), adaptive_retrieval_table(study)]
+    return {t.name: t for t in tables}
+
+
+# --------------------------------------------------------------------------------------------------
+# the paper's published numbers
+# --------------------------------------------------------------------------------------------------
+
+_SIZE_TABLES = {  # name: (file, {file column: our column})
+    "top1_linear": ("imagenet1k_rn50_top1_linear.csv",
+                    {"R50-Rand-LP": "Rand-LP", "R50-SVD": "SVD", "R50-FF": "FF", "R50-NRL": "MRL",
+                     "R50-NRL-E": "MRL-E", "SLIM": "slimmable"}),
+    "knn_top1": ("imagenet1k_rn50_1nn_top1.csv",
+                 {"R50-Rand": "Rand", "R50-SVD": "SVD", "R50-FF": "FF", "R50-NRL": "MRL", "R50-NRL-E": "MRL-E",
+                  "SLIM": "slimmable"}),
+    "map10": ("imagenet1k_rn50_map10.csv",
+              {"R50-Rand": "Rand-FS", "R50-SVD": "SVD", "R50-FF": "FF", "R50-NRL": "MRL", "R50-NRL-E": "MRL-E",
+               "SLIM": "slimmable"}),
+    "interpolated_1nn": ("imagenet1k_rn50_interpolated_1nn.csv", {"HD": "dim", "R50_NRL_I": "MRL"}),
+}
+_COST_TABLES = {
+    "adaptive_retrieval": ("imagenet1k_rn50_adaptive_retrieval.csv",
+                           {"Shortlist dim": "D_s", "Reranking dim": "D_r", "MFLOPS": "mflops", "MAP@10": "map@10"}),
+    "imagenet4k_adaptive_retrieval": ("imagenet4k_rn50_adaptive_retrieval.csv",
+                                      {"Ds": "D_s", "Dr": "D_r", "MFLOPS": "mflops", "MAP@10": "map@10"}),
+    "exact_retrieval_cost": ("imagenet1k_rn50_exact_retrieval_cost.csv", {"FLOPS": "mflops", "MAP@10": "map@10"}),
+}
+
+
+def load_paper_reference(directory: str | Path = DEFAULT_PAPER_DIR) -> dict[str, list[dict[str, Any]]]:
+    """The paper's published ImageNet-1K ResNet-50 numbers (``results/paper_reference``), renamed:
+
+    * ``top1_linear``, ``knn_top1``, ``map10``: ``{"dim", "MRL", "MRL-E", "FF", "SVD", ...}`` per size
+      (``Rand-LP`` in top-1, ``Rand`` in 1-NN, ``Rand-FS`` in mAP@10; ``None`` where the file is empty);
+    * ``adaptive_classification``: ``{"expected_dim", "accuracy"}`` (the cascade);
+      ``fixed_classification``: ``{"dim", "accuracy"}`` (the fixed sizes of the same file);
+    * ``adaptive_retrieval``: ``{"D_s", "D_r", "mflops", "map@10"}`` (shortlist 200);
+      ``exact_retrieval_cost``: ``{"mflops", "map@10"}``; ``imagenet4k_adaptive_retrieval``; ``interpolated_1nn``.
+
+    Values are the files' (percent). A missing file leaves its table out.
+    """
+    d = Path(directory)
+    out: dict[str, list[dict[str, Any]]] = {}
+    for name, (fname, rename) in _SIZE_TABLES.items():
+        if (d / fname).is_file():
+            rows = []
+            for r in read_csv(d / fname):
+                new = {("dim" if k == "Representation Size" else rename.get(k, k)): v for k, v in r.items()}
+                new["dim"] = int(new["dim"])
+                rows.append(new)
+            out[name] = rows
+    for name, (fname, rename) in _COST_TABLES.items():
+        if (d / fname).is_file():
+            out[name] = [{rename.get(k, k): v for k, v in r.items()} for r in read_csv(d / fname)]
+    fname = "imagenet1k_rn50_adaptive_classification.csv"
+    if (d / fname).is_file():
+        rows = read_csv(d / fname)
+        out["adaptive_classification"] = [{"expected_dim": r["ED"], "accuracy": r["MH_CASC"]} for r in rows
+                                          if r.get("ED") is not None]
+        out["fixed_classification"] = [{"dim": int(r["D"]), "accuracy": r["MH"]} for r in rows
+                                       if r.get("D") is not None]
+    return out
+
+
+def paper_table(paper: Mapping[str, list[dict[str, Any]]], name: str, title: str) -> Table | None:
+    rows = paper.get(name)
+    if not rows:
+        return None
+    columns = list(dict.fromkeys(c for r in rows for c in r))
+    return Table(f"paper_{name}", title, columns, rows, raw_markdown=True)
+
+
+# --------------------------------------------------------------------------------------------------
+# plots
+# --------------------------------------------------------------------------------------------------
+
+def _figure():
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(7, 4.5))
+    FigureCanvasAgg(fig)
+    return fig, fig.add_subplot()
+
+
+def _save(fig, path: Path) -> Path:
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}{path.suffix}")
+    fig.savefig(tmp, dpi=120)
+    os.replace(tmp, path)
+    return path
+
+
+def _finite(xs: Sequence[Any], ys: Sequence[Any]) -> tuple[list[float], list[float]]:
+    pts = [(x, y) for x, y in zip(xs, ys) if isinstance(x, (int, float)) and isinstance(y, (int, float))]
+    return [p[0] for p in pts], [p[1] for p in pts]
+
+
+def plot_by_size(table: Table, path: Path, ylabel: str, title: str,
+                 paper_rows: Sequence[Mapping[str, Any]] | None = None,
+                 paper_columns: Mapping[str, str] | None = None) -> Path | None:
+    """One line per method column (log2 size axis); with ``paper_rows``, the paper's column
+    ``paper_columns[ours]`` (default: the same name) dashed in the same colour."""
+    methods = [c for c in table.columns if c != "dim"]
+    fig, ax = _figure()
+    drawn = False
+    for i, c in enumerate(methods):
+        color = f"C{i}"
+        xs, ys = _finite(table.column("dim"), table.column(c))
+        if xs:
+            ax.plot(xs, ys, "o-", color=color, markersize=4, label=c)
+            drawn = True
+        pc = (paper_columns or {}).get(c, c)
+        if paper_rows and any(r.get(pc) is not None for r in paper_rows):
+            pxs, pys = _finite([r["dim"] for r in paper_rows], [r.get(pc) for r in paper_rows])
+            ax.plot(pxs, pys, "--", color=color, alpha=0.8, label=f"{c}, {PAPER_LABEL}")
+            drawn = True
+    if not drawn:
+        return None
+    ax.set_xscale("log", base=2)
+    dims = sorted(set(_finite(table.column("dim"), table.column("dim"))[0]) |
+                  ({r["dim"] for r in paper_rows} if paper_rows else set()))
+    ax.set_xticks(dims, [str(d) for d in dims])
+    ax.set_xlabel("representation size (dims)")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=7)
+    return _save(fig, path)
+
+
+def plot_adaptive_classification(table: Table, path: Path, title: str,
+                                 paper: Mapping[str, Sequence[Mapping[str, Any]]] | None = None) -> Path | None:
+    fig, ax = _figure()
+    drawn = False
+    for i, method in enumerate(dict.fromkeys(table.column("method"))):
+        rows = [r for r in table.rows if r["method"] == method]
+        color = f"C{i}"
+        ax.plot(*_finite([r["expected_dim"] for r in rows], [r["accuracy"] for r in rows]), "o-", color=color,
+                label=f"{method} adaptive (expected size)")
+        ax.plot(*_finite([r["cap"] for r in rows], [r["fixed_accuracy"] for r in rows]), "s-", color=color,
+                alpha=0.45, markersize=4, label=f"{method} fixed size")
+        ax.plot(*_finite([r["oracle_expected_dim"] for r in rows], [r["oracle_accuracy"] for r in rows]), "^:",
+                color=color, markersize=4, label=f"{method} oracle")
+        drawn = True
+    if paper and paper.get("adaptive_classification"):
+        pa = paper["adaptive_classification"]
+        ax.plot(*_finite([r["expected_dim"] for r in pa], [r["accuracy"] for r in pa]), "--", color="k",
+                label=f"MRL adaptive, {PAPER_LABEL}")
+        pf = paper.get("fixed_classification") or []
+        ax.plot(*_finite([r["dim"] for r in pf], [r["accuracy"] for r in pf]), "--", color="gray",
+                label=f"MRL fixed size, {PAPER_LABEL}")
+        drawn = True
+    if not drawn:
+        return None
+    from matplotlib.ticker import ScalarFormatter
+
+    ax.set_xscale("log", base=2)
+    ax.xaxis.set_major_formatter(ScalarFormatter())
+    ax.set_xlabel("(expected) representation size")
+    ax.set_ylabel("top-1 accuracy (%)")
+    ax.set_title(title)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=7)
+    return _save(fig, path)
+
+
+def plot_adaptive_retrieval(table: Table, path: Path, title: str,
+                            paper: Mapping[str, Sequence[Mapping[str, Any]]] | None = None) -> Path | None:
+    metric = next((c for c in table.columns if c.startswith("map@")), "map@10")
+    fig, ax = _figure()
+    drawn = False
+    for i, method in enumerate(dict.fromkeys(table.column("method"))):
+        rows = [r for r in table.rows if r["method"] == method]
+        color = f"C{i}"
+        for kind, marker in (("adaptive", "o"), ("funnel", "D"), ("exact", "*")):
+            sel = [r for r in rows if str(r.get("kind", "")).startswith(kind)]
+            xs, ys = _finite([r["mflops"] for r in sel], [r[metric] for r in sel])
+            if xs:
+                ax.scatter(xs, ys, marker=marker, s=80 if kind == "exact" else 18, color=color,
+                           label=f"{method} {kind}")
+                drawn = True
+    if paper and paper.get("adaptive_retrieval"):
+        pa = paper["adaptive_retrieval"]
+        ax.scatter(*_finite([r["mflops"] for r in pa], [r["map@10"] for r in pa]), marker="x", s=14, color="k",
+                   label=f"MRL adaptive, {PAPER_LABEL}")
+        pe = paper.get("exact_retrieval_cost") or []
+        ax.plot(*_finite([r["mflops"] for r in pe], [r["map@10"] for r in pe]), "--", color="gray",
+                label=f"exact search, {PAPER_LABEL}")
+        drawn = True
+    if not drawn:
+        return None
+    from matplotlib.ticker import NullFormatter
+
+    ax.set_xscale("log")
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.set_xlabel("MFLOPs per query")
+    ax.set_ylabel(f"{metric.replace('map', 'mAP')} (%)")
+    ax.set_title(title)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=7)
+    return _save(fig, path)
+
+
+# --------------------------------------------------------------------------------------------------
+# writing
+# --------------------------------------------------------------------------------------------------
+
+def _write(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def write_table(table: Table, out: Path) -> dict[str, Path]:
+    paths = {ext: out / f"{table.name}.{ext}" for ext in ("csv", "md", "json")}
+    _write(paths["csv"], table.csv_text())
+    md = table.markdown()
+    if table.sources:
+        md += "\nSources:\n\n" + "\n".join(f"* {s}" for s in table.sources) + "\n"
+    _write(paths["md"], md)
+    _write(paths["json"], table.json_text())
+    return paths
+
+
+def commands_markdown(study: Study, out: Path) -> str:
+    lines = [f"# Commands behind `{study.root}`", "",
+             "Per model: the training command rebuilt from `.hydra/overrides.yaml` (plus the `hydra.*` overrides "
+             "recorded in `.hydra/hydra.yaml`), run from the repository root; a run resumed from a checkpoint "
+             "records its last invocation (with `ckpt_path=...`). The composed config is copied to "
+             "`configs/<model>.yaml`; the embedding and evaluation commands come from their own records where the "
+             "evaluation stage has run.", ""]
+    for m in _ordered(study):
+        lines += [f"## {m.name} ({m.label})", ""]
+        cmd = m.train_command()
+        lines += ["Train:", "", "```bash", cmd, "```", ""] if cmd else ["Train: (no `.hydra/overrides.yaml`)", ""]
+        if (out / "configs" / f"{m.name}.yaml").is_file():
+            lines.append(f"* config: [`configs/{m.name}.yaml`](configs/{m.name}.yaml) "
+                         f"(copy of `{_rel(m.path / '.hydra' / 'config.yaml', study)}`)")
+        if m.embed_command:
+            lines += ["", "Embed (from `" + _rel(Path(m.embed_source), study) + "`):", "", "```bash",
+                      m.embed_command, "```"]
+        if m.eval_command:
+            lines += ["", f"Evaluate (from `{_rel(m.eval_dir / 'command.txt', study)}`):", "", "```bash",
+                      m.eval_command, "```"]
+        if (out / "configs" / f"{m.name}_eval.yaml").is_file():
+            lines.append(f"* eval config: [`configs/{m.name}_eval.yaml`](configs/{m.name}_eval.yaml) "
+                         f"(copy of `{_rel(m.eval_dir / 'eval_config.yaml', study)}`)")
+        if not m.eval_command:
+            lines.append("* not evaluated yet (no `eval/command.txt`)")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _ordered(study: Study) -> list[Model]:
+    return [m for m in [study.model("mrl"), study.model("mrle"), *study.ff_models()] if m is not None]
+
+
+SETUP_KEYS = (("experiment", "experiment_name"), ("data set", "data.name"), ("backbone", "model.backbone.name"),
+              ("CIFAR/ViT small-input stem", "model.backbone.small_input"),
+              ("pretrained", "model.backbone.pretrained"), ("nesting sizes (MRL, MRL-E)", "model.nesting_dims"),
+              ("loss weights", "model.loss_weights"), ("label smoothing", "model.label_smoothing"),
+              ("epochs", "trainer.max_epochs"), ("batch size per device", "data.batch_size"),
+              ("optimizer", "model.optimizer.name"), ("learning rate", "model.optimizer.lr"),
+              ("LR reference batch", "model.optimizer.lr_reference_batch"),
+              ("weight decay", "model.optimizer.weight_decay"), ("scheduler", "model.scheduler.name"),
+              ("warm-up epochs", "model.scheduler.warmup_epochs"), ("precision", "trainer.precision"),
+              ("devices", "trainer.devices"), ("seed", "seed"), ("checkpoint tested", "test_checkpoint"),
+              ("validation fraction", "data.val_fraction"))
+
+
+def summary_markdown(study: Study, tables: Mapping[str, Table], plots: Mapping[str, Path | None], title: str,
+                     command: str | None, paper: Mapping[str, Any] | None, overlay: bool) -> str:
+    lines = [f"# {title}", "",
+             "Generated by `scripts/report.py` (tables only; every number is read from the study's files, listed "
+             "under each table's sources in its `.md`). All accuracies and retrieval metrics in percent.", ""]
+    if command:
+        lines += ["```bash", command, "```", ""]
+    lines += [f"Study: `{study.root}`; models present: " +
+              (", ".join(f"{m.name} ({m.label})" for m in _ordered(study)) or "none"), ""]
+    lines += ["## Setup (from the configs)", ""]
+    if study.config:
+        lines += [f"Read from `{study.config_from}/.hydra/config.yaml`; every model uses the same recipe except "
+                  "the head and its sizes" + (" (but see the differences below)." if any(
+                      n.startswith("recipe differs") for n in study.notes) else "."), "",
+                  "| setting | value |", "|---|---|"]
+        for label, key in SETUP_KEYS:
+            v = _get(study.config, key)
+            if key == "model.nesting_dims" and study.nesting and v != study.nesting:
+                v = f"{v} ({', '.join(map(str, study.nesting))})"
+            if v is not None:
+                lines.append(f"| {label} | {', '.join(map(str, v)) if isinstance(v, list) else v} |")
+        ff = [m.k for m in study.ff_models()]
+        lines.append(f"| FF-k models present | {', '.join(map(str, ff)) if ff else 'none'} |")
+    else:
+        lines.append("(no model config found)")
+    lines.append("")
+    lines += ["## Missing (study stages not run yet, or failed)", ""]
+    lines += [f"* {m}" for m in study.missing] or ["* nothing: every model and evaluator table is present"]
+    lines.append("")
+    if study.notes:
+        lines += ["## Notes", ""] + [f"* {n}" for n in study.notes] + [""]
+    captions = {"top1_by_size": "Linear top-1 by size", "knn_top1_by_size": "1-NN top-1 by size",
+                "adaptive_classification": "Adaptive classification", "adaptive_retrieval": "Adaptive retrieval"}
+    for name, table in tables.items():
+        lines += [table.markdown("##"), ""]
+        plot = plots.get(name)
+        if plot is not None:
+            lines += [f"![{captions.get(name, table.title)}]({plot.name})", ""]
+    if overlay:
+        lines += ["## The paper's numbers", "",
+                  f"The plots draw the paper's published curves dashed, labelled \"{PAPER_LABEL}\" "
+                  "(`results/paper_reference/`, from RAIVNLab/MRL). Its linear top-1 table:", ""]
+        t = paper_table(paper, "top1_linear", f"Linear top-1 (%), {PAPER_LABEL}")
+        if t is not None:
+            lines.append(t.markdown("###"))
+    elif paper:
+        t = paper_table(paper, "top1_linear", f"For context only: linear top-1 (%), {PAPER_LABEL}")
+        if t is not None:
+            lines += ["## The paper's numbers (context, a different data set)", "",
+                      "Not overlaid on the plots: the paper measured ImageNet-1K with ResNet-50, not this study's "
+                      "data and backbone. Its published table (`results/paper_reference/"
+                      "imagenet1k_rn50_top1_linear.csv`, from RAIVNLab/MRL):", "", t.markdown("###")]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+@dataclass
+class Report:
+    out: Path
+    study: Study
+    tables: dict[str, Table]
+    plots: dict[str, Path | None]
+    files: list[Path]
+
+
+def write_report(study: Study, out_dir: str | Path, title: str | None = None, k: int = 10,
+                 paper_dir: str | Path | None = DEFAULT_PAPER_DIR, imagenet: bool | None = None,
+                 command: str | None = None) -> Report:
+    """Write the study's tables, plots, ``commands.md``, ``configs/`` and ``summary.md`` into ``out_dir``.
+
+    ``imagenet``: overlay the paper's curves (``None``: when the study's config says ``data.name:
+    imagenet``). ``paper_dir``: the paper reference CSVs (``None`` or absent: no paper numbers)."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    title = title or f"Study {study.root.name}"
+    paper = load_paper_reference(paper_dir) if paper_dir and Path(paper_dir).is_dir() else {}
+    overlay = bool(paper) and (study.is_imagenet if imagenet is None else imagenet)
+    ov = paper if overlay else None
+    tables = build_tables(study, k)
+    files: list[Path] = []
+    for t in tables.values():
+        files += write_table(t, out).values()
+    plots: dict[str, Path | None] = {}
+    plots["top1_by_size"] = plot_by_size(tables["top1_by_size"], out / "top1_by_size.png", "top-1 accuracy (%)",
+                                         f"Linear top-1 by size, {title}", ov and ov.get("top1_linear"))
+    plots["knn_top1_by_size"] = plot_by_size(tables["knn_top1_by_size"], out / "knn_top1_by_size.png",
+                                             "1-NN top-1 accuracy (%)", f"1-NN top-1 by size, {title}",
+                                             ov and ov.get("knn_top1"), {"Rand-FS": "Rand"})
+    name = f"map{k}_by_size"
+    plots[name] = plot_by_size(tables[name], out / f"{name}.png", f"mAP@{k} (%)", f"Retrieval mAP@{k} by size, {title}",
+                               ov and ov.get("map10") if k == 10 else None)
+    plots["adaptive_classification"] = plot_adaptive_classification(
+        tables["adaptive_classification"], out / "adaptive_classification.png", f"Adaptive classification, {title}",
+        ov)
+    plots["adaptive_retrieval"] = plot_adaptive_retrieval(
+        tables["adaptive_retrieval"], out / "adaptive_retrieval.png", f"Adaptive retrieval, {title}",
+        ov if k == 10 else None)
+    for stem, p in list(plots.items()):
+        if p is None:
+            stale = out / f"{stem}.png"
+            if stale.exists():  # from an earlier report of this study: it no longer matches the tables
+                stale.unlink()
+        else:
+            files.append(p)
+    configs = out / "configs"
+    configs.mkdir(exist_ok=True)
+    for m in _ordered(study):
+        for src, dst in ((m.path / ".hydra" / "config.yaml", configs / f"{m.name}.yaml"),
+                         (m.eval_dir / "eval_config.yaml", configs / f"{m.name}_eval.yaml")):
+            if src.is_file():
+                shutil.copyfile(src, dst)
+                files.append(dst)
+    _write(out / "commands.md", commands_markdown(study, out))
+    _write(out / "summary.md", summary_markdown(study, tables, plots, title, command, paper, overlay))
+    files += [out / "commands.md", out / "summary.md"]
+    return Report(out, study, tables, plots, files)
