@@ -38,6 +38,7 @@ from typing import Any
 import numpy as np
 
 from mrl.errors import ConfigError
+from mrl.nesting import MIN_AUTO_DIM
 
 EVALUATORS = ("classification", "adaptive_classification", "retrieval", "adaptive_retrieval", "baselines",
               "robustness")
@@ -336,7 +337,8 @@ def _int_list(value: Any, field: str) -> list[int]:
 
 
 def _auto_funnel(nesting_dims: Sequence[int], width: int, n: int, k: int) -> dict[str, list[int]] | None:
-    small = [d for d in nesting_dims if d < width][:len(AUTO_FUNNEL_SHORTLISTS)]
+    # From 8 dims up, as the paper's lists: a 1-4 dim normalised prefix is little more than a sign pattern.
+    small = [d for d in nesting_dims if MIN_AUTO_DIM <= d < width][:len(AUTO_FUNNEL_SHORTLISTS)]
     dims = small + [width]
     if len(dims) < 2:
         return None
