@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from mrl.checkpoint import read_checkpoint
 from mrl.errors import ConfigError
 
 DTYPES = {"float16": np.float16, "float32": np.float32}
@@ -144,7 +145,7 @@ def embed_checkpoint(ckpt_path: str | Path, datamodule, root: str | Path, splits
     if module.class_names is not None and module.class_names != datamodule.class_names:
         raise ConfigError("data", f"the data's {datamodule.num_classes} classes differ from the checkpoint's "
                           f"{len(module.class_names)}", "embed with the data set the checkpoint was trained on")
-    stored = torch.load(path, map_location="cpu", weights_only=False).get("mrl", {}).get("data_split")
+    stored = read_checkpoint(path)[1].get("data_split")
     if stored:
         for key, value in datamodule.split_signature().items():
             if stored.get(key) != value:

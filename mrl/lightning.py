@@ -8,6 +8,7 @@ from typing import Any
 import lightning as L
 import torch
 
+from mrl.checkpoint import CHECKPOINT_KEY, read_checkpoint
 from mrl.errors import ConfigError
 from mrl.losses import MatryoshkaLoss
 from mrl.metrics import SizeAccuracy
@@ -15,7 +16,6 @@ from mrl.model import create_model
 from mrl.nesting import resolve_loss_weights
 from mrl.optim import create_optimizer, create_scheduler
 
-CHECKPOINT_KEY = "mrl"
 
 
 class MatryoshkaModule(L.LightningModule):
@@ -157,20 +157,7 @@ class MatryoshkaModule(L.LightningModule):
 
 def check_resume_compatible(checkpoint_path: str, module: MatryoshkaModule) -> None:
     """Fail before training when a resume checkpoint was made for another head, sizes or classes."""
-    from pathlib import Path
-
-    path = Path(checkpoint_path).expanduser()
-    if not path.is_file():
-        raise ConfigError("ckpt_path", f"{path} does not exist", "give the path of a .ckpt file, or drop ckpt_path")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as err:
-        raise ConfigError("ckpt_path", f"cannot read checkpoint {path} ({type(err).__name__})",
-                          "give a checkpoint written by this project") from None
-    meta = ckpt.get(CHECKPOINT_KEY) if isinstance(ckpt, dict) else None
-    if meta is None:
-        raise ConfigError("ckpt_path", f"{path} is not an mrl checkpoint (no '{CHECKPOINT_KEY}' entry)",
-                          "give a checkpoint written by scripts/train.py")
+    _, meta = read_checkpoint(checkpoint_path)
     mine = {"head": module.head_type, "nesting_dims": list(module.nesting_dims),
             "num_classes": module.hparams.num_classes}
     for key, value in mine.items():

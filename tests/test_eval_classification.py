@@ -472,7 +472,8 @@ def test_robustness_set_embedded_and_evaluated_with_the_200_class_mask(tmp_path)
     from mrl.embeddings import embed_split, load_split
     from mrl.evaluation.robustness import embed_robustness_set
     from mrl.evaluation.run import evaluate
-    from mrl.lightning import CHECKPOINT_KEY, MatryoshkaModule
+    from mrl.checkpoint import CHECKPOINT_KEY
+    from mrl.lightning import MatryoshkaModule
 
     classes = _imagenet_like_classes()
     torch.manual_seed(0)

@@ -21,12 +21,12 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from mrl.checkpoint import read_checkpoint
 from mrl.errors import ConfigError
 from mrl.evaluation.retrieval import _as_2d, _as_labels, search
 
 HEAD_TYPES = ("mrl", "mrle", "ff")
 STATE_PREFIX = "model.head."
-CHECKPOINT_KEY = "mrl"  # = mrl.lightning.CHECKPOINT_KEY, without importing Lightning (seconds)
 
 
 class HeadWeights(NamedTuple):
@@ -63,20 +63,8 @@ def load_head(ckpt_path: str | Path, expected_head: str | None = None) -> HeadWe
     ``meta`` is the checkpoint's ``'mrl'`` entry (head, nesting_dims, num_classes, class_names, width).
     ``expected_head`` (not None) must equal the checkpoint's head type, else :class:`ConfigError`.
     """
-    import torch
-
+    ckpt, meta = read_checkpoint(ckpt_path)
     path = Path(ckpt_path).expanduser()
-    if not path.is_file():
-        raise ConfigError("ckpt_path", f"{path} does not exist", "give the .ckpt written by scripts/train.py")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as err:
-        raise ConfigError("ckpt_path", f"cannot read checkpoint {path} ({type(err).__name__})",
-                          "give a checkpoint written by this project") from None
-    meta = ckpt.get(CHECKPOINT_KEY) if isinstance(ckpt, dict) else None
-    if meta is None or "state_dict" not in ckpt:
-        raise ConfigError("ckpt_path", f"{path} is not an mrl checkpoint (no '{CHECKPOINT_KEY}' or 'state_dict' entry)",
-                          "give a checkpoint written by scripts/train.py")
     state = {k[len(STATE_PREFIX):]: v.detach().float().cpu().numpy()
              for k, v in ckpt["state_dict"].items() if k.startswith(STATE_PREFIX)}
     if not state:

@@ -134,15 +134,9 @@ class RobustnessSet(Dataset):
     def from_checkpoint(cls, root: str | Path, dataset_name: str, ckpt_path: str | Path,
                         **kwargs: Any) -> RobustnessSet:
         """Class names and image size from a checkpoint written by ``scripts/train.py``."""
-        import torch
+        from mrl.checkpoint import read_checkpoint
 
-        from mrl.evaluation.classification import CHECKPOINT_KEY
-
-        path = Path(ckpt_path).expanduser()
-        if not path.is_file():
-            raise ConfigError("ckpt_path", f"{path} does not exist", "give the .ckpt written by scripts/train.py")
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
-        meta = ckpt.get(CHECKPOINT_KEY) or {}
+        ckpt, meta = read_checkpoint(ckpt_path)
         image_size = (ckpt.get("hyper_parameters", {}).get("backbone") or {}).get("image_size") or 224
         kwargs.setdefault("image_size", image_size)
         return cls(root, dataset_name, meta.get("class_names"), **kwargs)
