@@ -11,6 +11,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 from mrl.data import create_datamodule  # noqa: E402
 from mrl.embeddings import embed_checkpoint  # noqa: E402
 from mrl.errors import ConfigError  # noqa: E402
+from mrl.evaluation.robustness import embed_robustness_set  # noqa: E402
 
 
 @hydra.main(version_base="1.3", config_path="../configs", config_name="embed")
@@ -21,6 +22,9 @@ def main(cfg: DictConfig) -> None:
         datamodule = create_datamodule(**OmegaConf.to_container(cfg.data, resolve=True))
         written = embed_checkpoint(cfg.ckpt_path, datamodule, cfg.output_dir, list(cfg.splits), cfg.dtype,
                                    cfg.device, cfg.bf16)
+        for name, root in (cfg.get("robustness") or {}).items():
+            written[name] = embed_robustness_set(cfg.ckpt_path, root, name, cfg.output_dir, dtype=cfg.dtype,
+                                                 device=cfg.device, num_workers=cfg.data.get("num_workers", 0))
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
