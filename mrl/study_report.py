@@ -897,6 +897,72 @@ def summary_markdown(study: Study, tables: Mapping[str, Table], plots: Mapping[s
     return "\n".join(lines).rstrip() + "\n"
 
 
+def _num(v: Any) -> float | None:
+    return float(v) if isinstance(v, (int, float)) and v == v else None
+
+
+def _diff(a: Any, b: Any) -> str:
+    a, b = _num(a), _num(b)
+    return "" if a is None or b is None else f"{a - b:+.2f}"
+
+
+def findings_markdown(tables: Mapping[str, Table], k: int = 10, tolerance: float = 0.5) -> str:
+    """The paper's claims checked on this study's tables: every number below is computed here from
+    them (differences in points), so the prose of a study README can cite it without retyping."""
+    top1, mapk = tables["top1_by_size"], tables[f"map{k}_by_size"]
+    out = ["# The paper's claims, checked on this study's numbers", "",
+           f"Computed by `mrl.study_report.findings_markdown` from the tables of this folder; all in % and "
+           f"percentage points. \"equal\" means within {tolerance} points.", "",
+           "## Per size: MRL vs FF, MRL-E vs MRL, and the post-hoc baselines", "",
+           f"| dim | MRL top-1 | FF top-1 | MRL - FF | MRL-E - MRL | MRL - SVD | MRL - Rand-LP | MRL mAP@{k} | "
+           f"FF mAP@{k} | MRL - FF mAP@{k} |", "|" + "---:|" * 10]
+    wins = total = 0
+    for r in top1.rows:
+        m = mapk.value("dim", r["dim"], "MRL"), mapk.value("dim", r["dim"], "FF")
+        out.append(f"| {r['dim']} | {_fmt(r.get('MRL'))} | {_fmt(r.get('FF'))} | {_diff(r.get('MRL'), r.get('FF'))} | "
+                   f"{_diff(r.get('MRL-E'), r.get('MRL'))} | {_diff(r.get('MRL'), r.get('SVD'))} | "
+                   f"{_diff(r.get('MRL'), r.get('Rand-LP'))} | {_fmt(m[0])} | {_fmt(m[1])} | {_diff(*m)} |")
+        if _num(r.get("MRL")) is not None and _num(r.get("FF")) is not None:
+            total += 1
+            wins += r["MRL"] >= r["FF"] - tolerance
+    out += ["", f"MRL's top-1 is at least FF's (within {tolerance} points) at {wins} of {total} sizes."]
+
+    ac = tables["adaptive_classification"]
+    out += ["", "## Adaptive classification", ""]
+    for method in dict.fromkeys(ac.column("method")):
+        rows = sorted((r for r in ac.rows if r["method"] == method), key=lambda r: r["cap"])
+        full = rows[-1]
+        target = full["fixed_accuracy"] - tolerance
+        reach = next((r for r in rows if r["accuracy"] >= target), None)
+        fixed = next((r for r in rows if r["fixed_accuracy"] >= target), None)
+        out.append(f"* {method}: full size {full['cap']} alone: {_fmt(full['fixed_accuracy'])}; the cascade over all "
+                   f"sizes: {_fmt(full['accuracy'])} at an expected size of {_fmt(full['expected_dim'])} dims; "
+                   + (f"the smallest cap within {tolerance} points of the full size is {reach['cap']}, at "
+                      f"{_fmt(reach['accuracy'])} and an expected {_fmt(reach['expected_dim'])} dims"
+                      if reach else f"no cap comes within {tolerance} points of the full size")
+                   + (f" (a fixed size needs {fixed['cap']} dims for that)" if fixed else "")
+                   + f"; oracle: {_fmt(full['oracle_accuracy'])} at {_fmt(full['oracle_expected_dim'])} dims.")
+
+    ar = tables["adaptive_retrieval"]
+    metric = next((c for c in ar.columns if c.startswith("map@")), f"map@{k}")
+    out += ["", f"## Adaptive retrieval at equal {metric}", ""]
+    for method in dict.fromkeys(ar.column("method")):
+        rows = [r for r in ar.rows if r["method"] == method]
+        exact = next((r for r in rows if r["kind"] == "exact"), None)
+        if exact is None:
+            continue
+        equal = [r for r in rows if r["kind"] != "exact" and _num(r.get(metric)) is not None
+                 and r[metric] >= exact[metric] - tolerance]
+        best = min(equal, key=lambda r: r["mflops"]) if equal else None
+        out.append(f"* {method}: exact search at {exact['D_s']} dims: {metric} {_fmt(exact[metric])}, "
+                   f"{_fmt(exact['mflops'])} MFLOPs and {_fmt(exact['us_per_query'])} us per query; "
+                   + (f"cheapest equal-{metric} setting: {best['kind']} D_s={best['D_s']}, D_r={best['D_r']}, "
+                      f"K={best['K']}: {metric} {_fmt(best[metric])}, {_fmt(best['mflops_speedup'])}x fewer MFLOPs, "
+                      f"{_fmt(best['speedup'])}x faster wall-clock on this machine" if best
+                      else f"no setting reaches the exact {metric}") + ".")
+    return "\n".join(out) + "\n"
+
+
 @dataclass
 class Report:
     out: Path
@@ -955,5 +1021,6 @@ def write_report(study: Study, out_dir: str | Path, title: str | None = None, k:
                 files.append(dst)
     _write(out / "commands.md", commands_markdown(study, out))
     _write(out / "summary.md", summary_markdown(study, tables, plots, title, command, paper, overlay))
-    files += [out / "commands.md", out / "summary.md"]
+    _write(out / "findings.md", findings_markdown(tables, k))
+    files += [out / "commands.md", out / "summary.md", out / "findings.md"]
     return Report(out, study, tables, plots, files)

@@ -341,3 +341,16 @@ def test_script(study, tmp_path):
     proc = subprocess.run([sys.executable, str(PROJECT_ROOT / "scripts" / "report.py"), "--study-dir",
                            str(tmp_path / "nope"), "--out", str(out)], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "does not exist" in proc.stderr
+
+
+def test_findings_are_computed_from_the_tables(study):
+    from mrl.study_report import build_tables, collect_study, findings_markdown
+
+    text = findings_markdown(build_tables(collect_study(study)))
+    row8 = next(line for line in text.splitlines() if line.startswith("| 8 |"))
+    cells = [c.strip() for c in row8.strip("|").split("|")]
+    mrl, ff, svd = _v(1, 8, 1), _v(4, 8, 1), _v(9, 8, 61)  # MRL and FF-8 top-1, SVD probe at 8
+    assert cells[3] == f"{mrl - ff:+.2f}" and cells[5] == f"{mrl - svd:+.2f}"
+    assert cells[4] == f"{_v(2, 8, 1) - mrl:+.2f}"  # MRL-E - MRL
+    # the fake adaptive rows score below exact search: no equal-mAP setting exists
+    assert "* MRL: exact search at 8 dims" in text and "no setting reaches the exact map@10" in text
