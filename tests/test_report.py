@@ -354,3 +354,34 @@ def test_findings_are_computed_from_the_tables(study):
     assert cells[4] == f"{_v(2, 8, 1) - mrl:+.2f}"  # MRL-E - MRL
     # the fake adaptive rows score below exact search: no equal-mAP setting exists
     assert "* MRL: exact search at 8 dims" in text and "no setting reaches the exact map@10" in text
+
+
+def test_digits_end_to_end_through_the_scripts(tmp_path):
+    """train -> embed -> eval -> report, each through its script, as scripts/cifar10_study.sh chains them."""
+    import os
+
+    env = {**os.environ, "WANDB_MODE": "offline", "HF_HUB_OFFLINE": "1"}
+    run = tmp_path / "study" / "mrl"
+
+    def script(*args):
+        proc = subprocess.run([sys.executable, *args], cwd=PROJECT_ROOT, env=env, capture_output=True, text=True,
+                              timeout=600)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+
+    script("scripts/train.py", "logger=csv", "trainer.max_epochs=3", "callbacks.progress_bar=none",
+           "test_checkpoint=last", f"hydra.run.dir={run}")
+    script("scripts/embed.py", f"ckpt_path={run}/checkpoints/last.ckpt", f"output_dir={run}/embeddings",
+           f"hydra.run.dir={run}/embeddings/hydra")
+    script("scripts/eval.py", f"embeddings_dir={run}/embeddings", f"output_dir={run}/eval",
+           "evaluators=[classification,adaptive_classification,retrieval,adaptive_retrieval]",
+           f"hydra.run.dir={run}/eval/hydra")
+    script("scripts/report.py", "--study-dir", str(tmp_path / "study"), "--out", str(tmp_path / "report"))
+
+    trained = {r["dim"]: r["top1"] for r in read_csv(run / "metrics_by_dim.csv")}
+    reported = {r["dim"]: r["MRL"] for r in read_csv(tmp_path / "report" / "top1_by_size.csv")}
+    assert reported == trained and trained[256] >= 90.0
+    evaluated = {r["dim"]: r["top1"] for r in read_csv(run / "eval" / "classification.csv")}
+    assert all(abs(evaluated[m] - trained[m]) <= 0.4 for m in trained)  # float16 embeddings: a tie may flip
+    findings = (tmp_path / "report" / "findings.md").read_text()
+    assert "* MRL: full size 256 alone" in findings
+    assert "scripts/train.py" in (tmp_path / "report" / "commands.md").read_text()
