@@ -664,6 +664,15 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
+def _finish(fig, ax, path: Path, title: str, xlabel: str, ylabel: str) -> Path:
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=7)
+    return _save(fig, path)
+
+
 def _finite(xs: Sequence[Any], ys: Sequence[Any]) -> tuple[list[float], list[float]]:
     pts = [(x, y) for x, y in zip(xs, ys) if isinstance(x, (int, float)) and isinstance(y, (int, float))]
     return [p[0] for p in pts], [p[1] for p in pts]
@@ -694,12 +703,7 @@ def plot_by_size(table: Table, path: Path, ylabel: str, title: str,
     dims = sorted(set(_finite(table.column("dim"), table.column("dim"))[0]) |
                   ({r["dim"] for r in paper_rows} if paper_rows else set()))
     ax.set_xticks(dims, [str(d) for d in dims])
-    ax.set_xlabel("representation size (dims)")
-    ax.set_ylabel(ylabel)
-    ax.set_title(title)
-    ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=7)
-    return _save(fig, path)
+    return _finish(fig, ax, path, title, "representation size (dims)", ylabel)
 
 
 def plot_adaptive_classification(table: Table, path: Path, title: str,
@@ -730,12 +734,7 @@ def plot_adaptive_classification(table: Table, path: Path, title: str,
 
     ax.set_xscale("log", base=2)
     ax.xaxis.set_major_formatter(ScalarFormatter())
-    ax.set_xlabel("(expected) representation size")
-    ax.set_ylabel("top-1 accuracy (%)")
-    ax.set_title(title)
-    ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=7)
-    return _save(fig, path)
+    return _finish(fig, ax, path, title, "(expected) representation size", "top-1 accuracy (%)")
 
 
 def plot_adaptive_retrieval(table: Table, path: Path, title: str,
@@ -767,12 +766,7 @@ def plot_adaptive_retrieval(table: Table, path: Path, title: str,
 
     ax.set_xscale("log")
     ax.xaxis.set_minor_formatter(NullFormatter())
-    ax.set_xlabel("MFLOPs per query")
-    ax.set_ylabel(f"{metric.replace('map', 'mAP')} (%)")
-    ax.set_title(title)
-    ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=7)
-    return _save(fig, path)
+    return _finish(fig, ax, path, title, "MFLOPs per query", f"{metric.replace('map', 'mAP')} (%)")
 
 
 # --------------------------------------------------------------------------------------------------
