@@ -132,3 +132,21 @@ def test_last_checkpoint_can_be_the_one_tested(make_cfg, tmp_path):
     from mrl.errors import ConfigError
     with pytest.raises(ConfigError, match="test_checkpoint: must be best or last"):
         train(make_cfg("logger=csv", "test_checkpoint=worst", out="bad"))
+
+
+def test_ff_sweep_as_a_hydra_multirun(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from conftest import PROJECT_ROOT
+
+    env = {**os.environ, "WANDB_MODE": "offline", "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run([sys.executable, "scripts/train.py", "-m", "model.head=ff", "model.nesting_dims=[8],[32]",
+                           "trainer.max_epochs=1", "logger=csv", "callbacks.progress_bar=none",
+                           f"hydra.sweep.dir={tmp_path}"], cwd=PROJECT_ROOT, env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    for job, dim in (("0", 8), ("1", 32)):
+        rows = _read_csv(tmp_path / job / "metrics_by_dim.csv")
+        assert [int(r["dim"]) for r in rows] == [dim]
