@@ -1,14 +1,101 @@
-"""Per-size result tables: CSV, JSON, Markdown and an accuracy-vs-size plot."""
+"""Writing result tables and plots: one atomic writer for text, figures and csv/md/json tables.
+
+Every file goes to a temporary sibling and is renamed into place, so an interrupted run never leaves a
+half-written table that a report would read as complete.
+"""
 
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
+
+import numpy as np
 
 METRIC_COLUMNS = ("top1", "top5")
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def new_figure(figsize: tuple[float, float] = (6, 4)):
+    """``(fig, ax)`` on the Agg canvas, without pyplot's global state."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=figsize)
+    FigureCanvasAgg(fig)
+    return fig, fig.add_subplot()
+
+
+def save_figure(fig, path: Path) -> Path:
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}{path.suffix}")
+    fig.savefig(tmp, dpi=120)
+    os.replace(tmp, path)
+    return path
+
+
+def _cell(value: Any) -> Any:
+    if isinstance(value, (list, tuple, np.ndarray)):
+        return ";".join(f"{v:.4g}" if isinstance(v, float) else str(v) for v in value)
+    if isinstance(value, np.generic):
+        return value.item()
+    return "" if value is None else value
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def _columns(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    columns: list[str] = []
+    for row in rows:
+        columns += [c for c in row if c not in columns]
+    return columns
+
+
+def markdown_table(rows: Sequence[Mapping[str, Any]], title: str | None = None) -> str:
+    """A Markdown table (floats to 2 decimals, lists joined by ``;``) under an optional ``### title``."""
+    columns = _columns(rows)
+    lines = [f"### {title}", ""] if title else []
+    lines += ["| " + " | ".join(columns) + " |", "|" + "|".join("---:" for _ in columns) + "|"]
+    for row in rows:
+        cells = [_cell(row.get(c)) for c in columns]
+        lines.append("| " + " | ".join(f"{v:.2f}" if isinstance(v, float) else str(v) for v in cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write_table(rows: Sequence[Mapping[str, Any]], out_dir: Path, name: str, title: str,
+                notes: Sequence[str] = (), extra: Mapping[str, Any] | None = None) -> dict[str, Path]:
+    """``<name>.csv`` / ``.md`` / ``.json`` in ``out_dir``; ``extra`` goes into the JSON beside the rows."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    columns = _columns(rows)
+    paths = {ext: out_dir / f"{name}.{ext}" for ext in ("csv", "md", "json")}
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows({c: _cell(r.get(c)) for c in columns} for r in rows)
+    atomic_write_text(paths["csv"], buf.getvalue())
+    md = markdown_table(rows, title) if rows else f"### {title}\n\n(no rows)\n"
+    if notes:
+        md += "\n" + "\n".join(f"* {n}" for n in notes) + "\n"
+    atomic_write_text(paths["md"], md)
+    atomic_write_text(paths["json"], json.dumps({"title": title, **(extra or {}), "notes": list(notes),
+                                                 "rows": list(rows)}, indent=2, default=_json_default))
+    return paths
 
 
 def rows_by_dim(metrics: Mapping[str, float], nesting_dims: Sequence[int],
@@ -17,31 +104,10 @@ def rows_by_dim(metrics: Mapping[str, float], nesting_dims: Sequence[int],
     return [{"dim": m, **{c: metrics[f"{c}@{m}"] for c in columns}} for m in nesting_dims]
 
 
-def markdown_table(rows: Sequence[Mapping[str, float]], title: str | None = None) -> str:
-    columns = list(rows[0])
-    lines = [f"### {title}", ""] if title else []
-    lines += ["| " + " | ".join(columns) + " |", "|" + "|".join("---:" for _ in columns) + "|"]
-    for row in rows:
-        lines.append("| " + " | ".join(f"{row[c]:.2f}" if isinstance(row[c], float) else str(row[c])
-                                       for c in columns) + " |")
-    return "\n".join(lines) + "\n"
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def plot_accuracy_by_dim(rows: Sequence[Mapping[str, float]], path: Path, title: str,
-                         columns: Sequence[str] = METRIC_COLUMNS) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+                         columns: Sequence[str] = METRIC_COLUMNS) -> Path:
     dims = [r["dim"] for r in rows]
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = new_figure()
     for c in columns:
         ax.plot(dims, [r[c] for r in rows], marker="o", label=c)
     ax.set_xscale("log", base=2)
@@ -51,27 +117,13 @@ def plot_accuracy_by_dim(rows: Sequence[Mapping[str, float]], path: Path, title:
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend()
-    fig.tight_layout()
-    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}{path.suffix}")
-    fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    os.replace(tmp, path)
+    return save_figure(fig, path)
 
 
 def write_metrics_by_dim(rows: Sequence[Mapping[str, float]], out_dir: str | Path, title: str,
                          extra: Mapping[str, object] | None = None) -> dict[str, Path]:
     """Write ``metrics_by_dim.{csv,json,md,png}`` into ``out_dir``; returns their paths."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    paths = {ext: out / f"metrics_by_dim.{ext}" for ext in ("csv", "json", "md", "png")}
-    columns = list(rows[0])
-    tmp = paths["csv"].with_name(f".metrics_by_dim.csv.tmp-{os.getpid()}")
-    with tmp.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=columns)
-        writer.writeheader()
-        writer.writerows(rows)
-    os.replace(tmp, paths["csv"])
-    _atomic_write(paths["json"], json.dumps({"title": title, **(extra or {}), "rows": list(rows)}, indent=2))
-    _atomic_write(paths["md"], markdown_table(rows, title))
-    plot_accuracy_by_dim(rows, paths["png"], title, [c for c in columns if c != "dim"])
+    paths = write_table(rows, Path(out_dir), "metrics_by_dim", title, extra=extra)
+    paths["png"] = plot_accuracy_by_dim(rows, Path(out_dir) / "metrics_by_dim.png", title,
+                                        [c for c in rows[0] if c != "dim"])
     return paths

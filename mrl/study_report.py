@@ -26,7 +26,6 @@ import csv
 import io
 import json
 import math
-import os
 import re
 import shlex
 import shutil
@@ -34,6 +33,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from mrl.reporting import atomic_write_text, new_figure, save_figure
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_PAPER_DIR = PROJECT_ROOT / "results" / "paper_reference"
@@ -647,30 +648,13 @@ def paper_table(paper: Mapping[str, list[dict[str, Any]]], name: str, title: str
 # plots
 # --------------------------------------------------------------------------------------------------
 
-def _figure():
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(7, 4.5))
-    FigureCanvasAgg(fig)
-    return fig, fig.add_subplot()
-
-
-def _save(fig, path: Path) -> Path:
-    fig.tight_layout()
-    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}{path.suffix}")
-    fig.savefig(tmp, dpi=120)
-    os.replace(tmp, path)
-    return path
-
-
 def _finish(fig, ax, path: Path, title: str, xlabel: str, ylabel: str) -> Path:
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=7)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def _finite(xs: Sequence[Any], ys: Sequence[Any]) -> tuple[list[float], list[float]]:
@@ -684,7 +668,7 @@ def plot_by_size(table: Table, path: Path, ylabel: str, title: str,
     """One line per method column (log2 size axis); with ``paper_rows``, the paper's column
     ``paper_columns[ours]`` (default: the same name) dashed in the same colour."""
     methods = [c for c in table.columns if c != "dim"]
-    fig, ax = _figure()
+    fig, ax = new_figure((7, 4.5))
     drawn = False
     for i, c in enumerate(methods):
         color = f"C{i}"
@@ -708,7 +692,7 @@ def plot_by_size(table: Table, path: Path, ylabel: str, title: str,
 
 def plot_adaptive_classification(table: Table, path: Path, title: str,
                                  paper: Mapping[str, Sequence[Mapping[str, Any]]] | None = None) -> Path | None:
-    fig, ax = _figure()
+    fig, ax = new_figure((7, 4.5))
     drawn = False
     for i, method in enumerate(dict.fromkeys(table.column("method"))):
         rows = [r for r in table.rows if r["method"] == method]
@@ -740,7 +724,7 @@ def plot_adaptive_classification(table: Table, path: Path, title: str,
 def plot_adaptive_retrieval(table: Table, path: Path, title: str,
                             paper: Mapping[str, Sequence[Mapping[str, Any]]] | None = None) -> Path | None:
     metric = next((c for c in table.columns if c.startswith("map@")), "map@10")
-    fig, ax = _figure()
+    fig, ax = new_figure((7, 4.5))
     drawn = False
     for i, method in enumerate(dict.fromkeys(table.column("method"))):
         rows = [r for r in table.rows if r["method"] == method]
@@ -773,20 +757,14 @@ def plot_adaptive_retrieval(table: Table, path: Path, title: str,
 # writing
 # --------------------------------------------------------------------------------------------------
 
-def _write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-def write_table(table: Table, out: Path) -> dict[str, Path]:
+def write_report_table(table: Table, out: Path) -> dict[str, Path]:
     paths = {ext: out / f"{table.name}.{ext}" for ext in ("csv", "md", "json")}
-    _write(paths["csv"], table.csv_text())
+    atomic_write_text(paths["csv"], table.csv_text())
     md = table.markdown()
     if table.sources:
         md += "\nSources:\n\n" + "\n".join(f"* {s}" for s in table.sources) + "\n"
-    _write(paths["md"], md)
-    _write(paths["json"], table.json_text())
+    atomic_write_text(paths["md"], md)
+    atomic_write_text(paths["json"], table.json_text())
     return paths
 
 
@@ -982,7 +960,7 @@ def write_report(study: Study, out_dir: str | Path, title: str | None = None, k:
     tables = build_tables(study, k)
     files: list[Path] = []
     for t in tables.values():
-        files += write_table(t, out).values()
+        files += write_report_table(t, out).values()
     plots: dict[str, Path | None] = {}
     plots["top1_by_size"] = plot_by_size(tables["top1_by_size"], out / "top1_by_size.png", "top-1 accuracy (%)",
                                          f"Linear top-1 by size, {title}", ov and ov.get("top1_linear"))
@@ -1013,8 +991,8 @@ def write_report(study: Study, out_dir: str | Path, title: str | None = None, k:
             if src.is_file():
                 shutil.copyfile(src, dst)
                 files.append(dst)
-    _write(out / "commands.md", commands_markdown(study, out))
-    _write(out / "summary.md", summary_markdown(study, tables, plots, title, command, paper, overlay))
-    _write(out / "findings.md", findings_markdown(tables, k))
+    atomic_write_text(out / "commands.md", commands_markdown(study, out))
+    atomic_write_text(out / "summary.md", summary_markdown(study, tables, plots, title, command, paper, overlay))
+    atomic_write_text(out / "findings.md", findings_markdown(tables, k))
     files += [out / "commands.md", out / "summary.md", out / "findings.md"]
     return Report(out, study, tables, plots, files)

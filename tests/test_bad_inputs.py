@@ -8,7 +8,6 @@ import sys
 
 import pytest
 import torch
-from PIL import Image
 
 from conftest import PROJECT_ROOT, write_image_folder
 from mrl.errors import ConfigError

@@ -97,6 +97,7 @@ __all__ = [
     "rand_lp",
     "random_coordinates",
     "rerank",
+    "retrieval_metrics",
     "retrieval_mflops",
     "search",
     "search_index",

@@ -35,6 +35,7 @@ always moves up and ``t = 0`` keeps every sample with non-zero confidence), whic
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -303,16 +304,13 @@ def plot_adaptive_classification(rows: Sequence[Mapping[str, Any]], fixed_rows: 
     (:func:`fixed_size_accuracy`) or ``(dim, accuracy)`` pairs. ``oracle=True`` adds the oracle curve.
     The x axis is log2. Returns ``path``.
     """
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
+    from mrl.reporting import new_figure, save_figure
 
     def pair(r):
         return (r["dim"], r["accuracy"]) if isinstance(r, Mapping) else (r[0], r[1])
 
     fixed = sorted(pair(r) for r in fixed_rows)
-    fig = Figure(figsize=(6, 4))
-    FigureCanvasAgg(fig)  # the Agg backend, without touching pyplot's global state
-    ax = fig.add_subplot()
+    fig, ax = new_figure()
     ax.plot([r["expected_dim"] for r in rows], [100 * r["accuracy"] for r in rows], "o-",
             label="adaptive (expected size)")
     if fixed:
@@ -326,6 +324,5 @@ def plot_adaptive_classification(rows: Sequence[Mapping[str, Any]], fixed_rows: 
     ax.set_title(title)
     ax.grid(True, alpha=0.3)
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    save_figure(fig, Path(path))
     return path

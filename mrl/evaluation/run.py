@@ -26,10 +26,6 @@ in the tables are percentages.
 from __future__ import annotations
 
 import copy
-import csv
-import io
-import json
-import os
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -39,6 +35,7 @@ import numpy as np
 
 from mrl.errors import ConfigError
 from mrl.nesting import MIN_AUTO_DIM
+from mrl.reporting import atomic_write_text, new_figure, save_figure, write_table
 
 EVALUATORS = ("classification", "adaptive_classification", "retrieval", "adaptive_retrieval", "baselines",
               "robustness")
@@ -143,70 +140,9 @@ class _Section:
 # writing
 # --------------------------------------------------------------------------------------------------
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-def _cell(value: Any) -> Any:
-    if isinstance(value, (list, tuple, np.ndarray)):
-        return ";".join(f"{v:.4g}" if isinstance(v, float) else str(v) for v in value)
-    if isinstance(value, np.generic):
-        return value.item()
-    return "" if value is None else value
-
-
-def _markdown(rows: Sequence[Mapping[str, Any]], title: str, columns: Sequence[str]) -> str:
-    lines = [f"### {title}", "", "| " + " | ".join(columns) + " |", "|" + "|".join("---:" for _ in columns) + "|"]
-    for row in rows:
-        cells = []
-        for c in columns:
-            v = _cell(row.get(c))
-            cells.append(f"{v:.2f}" if isinstance(v, float) else str(v))
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
-
-
-def write_table(rows: Sequence[Mapping[str, Any]], out_dir: Path, name: str, title: str,
-                notes: Sequence[str] = ()) -> dict[str, Path]:
-    """``<name>.csv`` / ``.md`` / ``.json`` in ``out_dir``, each written to a temporary file and renamed."""
-    columns: list[str] = []
-    for row in rows:
-        columns += [c for c in row if c not in columns]
-    paths = {ext: out_dir / f"{name}.{ext}" for ext in ("csv", "md", "json")}
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows({c: _cell(r.get(c)) for c in columns} for r in rows)
-    _atomic_write_text(paths["csv"], buf.getvalue())
-    md = _markdown(rows, title, columns) if rows else f"### {title}\n\n(no rows)\n"
-    if notes:
-        md += "\n" + "\n".join(f"* {n}" for n in notes) + "\n"
-    _atomic_write_text(paths["md"], md)
-    _atomic_write_text(paths["json"], json.dumps({"title": title, "notes": list(notes),
-                                                  "rows": [{c: _cell(r.get(c)) if isinstance(r.get(c), np.generic)
-                                                            else r.get(c) for c in r} for r in rows]},
-                                                 indent=2, default=_json_default))
-    return paths
-
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, np.generic):
-        return value.item()
-    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
-
-
 def _plot(path: Path, series: Mapping[str, tuple[Sequence[float], Sequence[float]]], title: str, xlabel: str,
           ylabel: str, log2_x: bool = True, markers: bool = True) -> Path:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(6, 4))
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
+    fig, ax = new_figure()
     for label, (xs, ys) in series.items():
         ax.plot(xs, ys, marker="o" if markers else None, markersize=3, label=label)
     if log2_x:
@@ -216,11 +152,7 @@ def _plot(path: Path, series: Mapping[str, tuple[Sequence[float], Sequence[float
     ax.set_title(title)
     ax.grid(True, alpha=0.3)
     ax.legend()
-    fig.tight_layout()
-    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}{path.suffix}")
-    fig.savefig(tmp, dpi=120)
-    os.replace(tmp, path)
-    return path
+    return save_figure(fig, path)
 
 
 def _pct(row: Mapping[str, Any], keys: Sequence[str]) -> dict[str, Any]:
@@ -291,11 +223,8 @@ def _run_adaptive_classification(ctx: dict, cfg: dict, out: Path) -> list[dict]:
                 [f"mean over {s['n_splits']} random splits, {s['holdout_fraction']:g} of the test set held out "
                  "to pick thresholds; cap: the largest size the cascade may use; fixed_accuracy: that size alone; "
                  "thresholds/size_fractions: per size up to the cap."])
-    png = out / "adaptive_classification.png"
-    tmp = png.with_name(f".adaptive_classification.tmp-{os.getpid()}.png")
-    plot_adaptive_classification(rows, fixed, str(tmp), title=f"Adaptive classification, {ctx['label']}",
-                                 oracle=True)
-    os.replace(tmp, png)
+    plot_adaptive_classification(rows, fixed, out / "adaptive_classification.png",
+                                 title=f"Adaptive classification, {ctx['label']}", oracle=True)
     return table
 
 
@@ -444,28 +373,19 @@ def _run_adaptive_retrieval(ctx: dict, cfg: dict, out: Path) -> list[dict]:
                  "inside its time); speedup: exact us_per_query / this one."])
     adaptive = [r for r in rows if r["kind"] != "exact"]
     if adaptive:
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-        from matplotlib.figure import Figure
+        from matplotlib.ticker import NullFormatter
 
-        fig = Figure(figsize=(6, 4))
-        FigureCanvasAgg(fig)
-        ax = fig.add_subplot()
+        fig, ax = new_figure()
         ax.scatter([r["mflops"] for r in adaptive], [r[f"map@{k}"] for r in adaptive], s=12, label="adaptive / funnel")
         ax.scatter([rows[0]["mflops"]], [rows[0][f"map@{k}"]], marker="*", s=80, label=f"exact {width}")
         ax.set_xscale("log")
-        from matplotlib.ticker import NullFormatter
-
         ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_xlabel("MFLOPs per query")
         ax.set_ylabel(f"mAP@{k} (%)")
         ax.set_title(f"Adaptive retrieval, {ctx['label']}")
         ax.grid(True, alpha=0.3)
         ax.legend()
-        fig.tight_layout()
-        png = out / "adaptive_retrieval.png"
-        tmp = png.with_name(f".adaptive_retrieval.tmp-{os.getpid()}.png")
-        fig.savefig(tmp, dpi=120)
-        os.replace(tmp, png)
+        save_figure(fig, out / "adaptive_retrieval.png")
     return rows
 
 
@@ -623,8 +543,8 @@ def evaluate(cfg: Mapping[str, Any] | None = None, command: str | None = None, v
     out.mkdir(parents=True, exist_ok=True)
     resolved = {"resolved": {"ckpt_path": str(ckpt_path) if ckpt_path else None, "head": head_type,
                              "nesting_dims": nesting_dims, "width": test.width, "dims": dims}}
-    _atomic_write_text(out / "eval_config.yaml", OmegaConf.to_yaml(OmegaConf.create({**cfg, **resolved})))
-    _atomic_write_text(out / "command.txt", (command or "mrl.evaluation.run.evaluate() (called from Python)") + "\n")
+    atomic_write_text(out / "eval_config.yaml", OmegaConf.to_yaml(OmegaConf.create({**cfg, **resolved})))
+    atomic_write_text(out / "command.txt", (command or "mrl.evaluation.run.evaluate() (called from Python)") + "\n")
     model = {"mrl": "MRL", "mrle": "MRL-E", "ff": f"FF-{nesting_dims[0]}"}.get(head_type, head_type)
     label = f"{model} ({Path(str(ckpt_path)).name if ckpt_path else emb_dir.name})"
     ctx = {"train": train, "test": test, "head": head, "head_type": head_type, "nesting_dims": nesting_dims,
