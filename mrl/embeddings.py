@@ -134,18 +134,20 @@ def embed_checkpoint(ckpt_path: str | Path, datamodule, root: str | Path, splits
 
     The data's class names must be the checkpoint's (same indices), so labels mean the same thing.
     """
-    from mrl.lightning import MatryoshkaModule, check_resume_compatible
+    from mrl.lightning import MatryoshkaModule
 
     path = Path(ckpt_path).expanduser()
+    ckpt, info = read_checkpoint(path)  # read once: validated, then rebuilt from its own hyperparameters
+    hparams = dict(ckpt["hyper_parameters"])
+    # The weights come from the checkpoint: never fetch the backbone's pretrained weights again.
+    hparams["backbone"] = {**hparams["backbone"], "pretrained": False, "pretrained_path": None}
+    module = MatryoshkaModule(**hparams)
+    module.load_state_dict(ckpt["state_dict"])
     datamodule.setup("test")
-    module = MatryoshkaModule.load_from_checkpoint(path, map_location="cpu") if path.is_file() else None
-    if module is None:
-        raise ConfigError("ckpt_path", f"{path} does not exist", "give the .ckpt written by scripts/train.py")
-    check_resume_compatible(str(path), module)
     if module.class_names is not None and module.class_names != datamodule.class_names:
         raise ConfigError("data", f"the data's {datamodule.num_classes} classes differ from the checkpoint's "
                           f"{len(module.class_names)}", "embed with the data set the checkpoint was trained on")
-    stored = read_checkpoint(path)[1].get("data_split")
+    stored = info.get("data_split")
     if stored:
         for key, value in datamodule.split_signature().items():
             if stored.get(key) != value:
