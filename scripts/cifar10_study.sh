@@ -42,7 +42,7 @@ train_model() {
   if [[ -f $dir/checkpoints/last.ckpt ]]; then resume=("ckpt_path=$dir/checkpoints/last.ckpt"); fi
   echo "train $name ${resume[*]}"
   # shellcheck disable=SC2046
-  "$PY" scripts/train.py +experiment=cifar10_resnet18_study "${DATA[@]:1}" logger=csv callbacks.refresh_rate=50 \
+  "$PY" scripts/train.py +experiment=cifar10_resnet18_study "data.root=$CIFAR10" logger=csv callbacks.refresh_rate=50 \
     "hydra.run.dir=$dir" $(overrides "$name") "${resume[@]}" "${EXTRA[@]}"
 }
 
