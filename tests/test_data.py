@@ -22,11 +22,14 @@ def test_digits_split_is_stratified_disjoint_and_complete():
     assert [len(s) for s in sets] == [1257, 270, 270]
     x, y = dm.train_set.tensors
     assert x.shape[1:] == (1, 16, 16) and dm.in_chans == 1 and dm.class_names == [str(i) for i in range(10)]
-    for s in sets:  # every class in every split, in proportion
-        counts = torch.bincount(s.tensors[1], minlength=10)
-        assert counts.min() >= 0.08 * len(s) and counts.max() <= 0.12 * len(s)
-    flat = [s.tensors[0].flatten(1) for s in sets]
-    assert torch.cdist(flat[0], flat[2]).min() > 0  # no test image is a train image
+    tensors = [torch.stack([s[i][0] for i in range(len(s))]) for s in sets]
+    labels = [torch.tensor([int(s[i][1]) for i in range(len(s))]) for s in sets]
+    for y in labels:  # every class in every split, in proportion
+        counts = torch.bincount(y, minlength=10)
+        assert counts.min() >= 0.08 * len(y) and counts.max() <= 0.12 * len(y)
+    flat = [t.flatten(1) for t in tensors]
+    assert torch.cdist(flat[0], flat[2]).min() > 0 and torch.cdist(flat[1], flat[2]).min() > 0  # test is unseen
+    assert torch.cdist(flat[0], flat[1]).min() > 0  # validation is not trained on
 
 
 def test_scan_sorts_classes_and_ignores_hidden_files(tmp_path):
@@ -41,10 +44,10 @@ def test_scan_sorts_classes_and_ignores_hidden_files(tmp_path):
 
 def test_image_folder_module_shares_class_indices_across_splits(tmp_path):
     root = write_image_folder(tmp_path / "f", classes=("b", "a", "c"), per_class=3, size=50)
-    dm = create_datamodule("image_folder", root=str(root), image_size=32, batch_size=4)
+    dm = create_datamodule("image_folder", root=str(root), image_size=32, batch_size=4, validation="test")
     dm.setup("fit")
     assert dm.class_names == ["a", "b", "c"] and dm.num_classes == 3
-    for ds in (dm.train_set, dm.val_set):
+    for ds in (dm.train_set, dm.test_set):
         for path, y in ds.samples:
             assert dm.class_names[y] == path.split("/")[-2]
     x, y = next(iter(dm.val_dataloader()))
@@ -55,16 +58,18 @@ def test_val_fraction_holds_out_part_of_train(tmp_path):
     root = write_image_folder(tmp_path / "f", per_class=10, size=40)
     dm = create_datamodule("image_folder", root=str(root), image_size=32, val_fraction=0.2)
     dm.setup("fit")
-    fit, val = set(dm.train_set.indices), set(dm.val_set.indices)
+    held_out = dm.val_set.dataset  # the hold-out (a Subset of train), read in a shuffled order
+    fit, val = set(dm.train_set.indices), set(held_out.indices)
     assert len(val) == 6 and not fit & val and len(fit | val) == 30
+    assert sorted(dm.val_set.indices) == list(range(6))
     assert dm.test_set is not dm.val_set
 
 
 def test_imagenet_transforms(tmp_path):
     root = write_image_folder(tmp_path / "imnet", per_class=1, size=300)
-    dm = create_datamodule("imagenet", root=str(root), batch_size=2)
+    dm = create_datamodule("imagenet", root=str(root), batch_size=2)  # validation: none, the paper's protocol
     dm.setup("fit")
-    assert dm.train_set[0][0].shape == dm.val_set[0][0].shape == (3, 224, 224)
+    assert dm.train_set[0][0].shape == dm.test_set[0][0].shape == (3, 224, 224) and dm.val_set is None
     resize = dm.eval_transform().transforms[0]
     assert resize.size == 256
 
@@ -83,7 +88,7 @@ def test_archive_is_extracted_once_atomically(tmp_path):
     mtime = marker.stat().st_mtime_ns
     assert extract_archive(archive, cache) == first and marker.stat().st_mtime_ns == mtime
     assert [p.name for p in cache.iterdir()] == [first.name]  # no temporary folder left behind
-    dm = create_datamodule("image_folder", root=str(archive), cache_dir=str(cache), image_size=32)
+    dm = create_datamodule("image_folder", root=str(archive), cache_dir=str(cache), image_size=32, validation="none")
     dm.setup("fit")
     assert dm.class_names == ["cat", "dog", "emu"] and len(dm.train_set) == 12
 
@@ -101,8 +106,12 @@ def test_cifar10_from_shared_tar(tmp_path):
                            batch_size=16)
     dm.setup("fit")
     assert dm.class_names == CIFAR10_CLASSES  # torchvision's order too
-    assert len(dm.train_set) == 50_000 and len(dm.test_set) == 10_000
+    # 5,000 training images validate (500 per class); the 10,000 test images are only tested
+    assert len(dm.train_set) == 45_000 and len(dm.val_set) == 5_000 and len(dm.test_set) == 10_000
+    assert len(dm.train_eval_set) == 50_000
     assert torch.bincount(torch.tensor(dm.test_set.targets)).tolist() == [1000] * 10
+    held_out = dm.val_set.dataset
+    assert torch.bincount(torch.tensor([held_out.dataset.targets[i] for i in held_out.indices])).tolist() == [500] * 10
     x, y = next(iter(dm.train_dataloader()))
     assert x.shape == (16, 3, 32, 32)
     image = Image.open(dm.test_set.samples[0][0])

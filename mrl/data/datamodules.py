@@ -2,11 +2,23 @@
 
 Every DataModule exposes ``class_names``, ``num_classes``, ``in_chans`` and ``image_size`` after
 ``setup()``; ``batch_size`` is per device (the global batch is ``batch_size * world_size``).
+
+Validation (``validation``) never selects on the split whose numbers are reported:
+
+* ``holdout`` (default): a class-stratified, seeded part of train (``val_fraction``) validates and
+  picks the best checkpoint; the test split is only tested;
+* ``none``: no validation; the final checkpoint is tested (the paper's ImageNet protocol);
+* ``test``: validate on the test split. An explicit opt-in: it warns, and runs record it.
+
+Training order and augmentation come from :mod:`mrl.data.sampling` (exact resume, any number of
+processes); evaluation loaders shard without padding, so every sample counts once under DDP.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -19,12 +31,18 @@ from torchvision import transforms as T
 
 from mrl.data.image_folder import (ImageFolderDataset, check_same_classes, extract_archive, find_split_root,
                                    scan_image_folder)
+from mrl.data.sampling import (EpochSampler, ResumableDataLoader, SeededAugmentation, ShardSampler,
+                               distributed_rank_and_size)
 from mrl.errors import ConfigError
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
 ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar", ".zip")
 DEFAULT_CACHE_DIR = Path(os.environ.get("MRL_CACHE_DIR", Path.home() / ".cache" / "mrl"))
+
+VALIDATION_MODES = ("holdout", "none", "test")
+VALIDATE_ON_TEST_WARNING = ("data.validation=test: validation runs on the test split, so validation metrics and the "
+                            "'best' checkpoint are chosen on the split whose numbers are reported")
 
 DATAMODULES: dict[str, type[ClassificationDataModule]] = {}
 
@@ -49,17 +67,25 @@ class ClassificationDataModule(L.LightningDataModule):
 
     in_chans = 3
 
-    def __init__(self, batch_size: int = 128, num_workers: int = 0, eval_batch_size: int | None = None,
-                 pin_memory: bool | None = None, image_size: int = 32, seed: int = 0):
+    def __init__(self, batch_size: int = 128, num_workers: int | str = 0, eval_batch_size: int | None = None,
+                 pin_memory: bool | None = None, image_size: int | None = 32, seed: int = 0,
+                 validation: str = "holdout"):
         super().__init__()
         if batch_size < 1:
             raise ConfigError("data.batch_size", f"must be >= 1, got {batch_size}")
+        if validation not in VALIDATION_MODES:
+            raise ConfigError("data.validation", f"unknown mode {validation!r}",
+                              f"choose one of {list(VALIDATION_MODES)} (holdout: part of train)")
+        if image_size is not None and (isinstance(image_size, bool) or not isinstance(image_size, int) or image_size <= 0):
+            raise ConfigError("data.image_size", f"must be a positive integer, got {image_size!r}",
+                              "e.g. data.image_size=32 (or null for image_folder to read it from the images)")
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size or batch_size
-        self.num_workers = num_workers
+        self.num_workers = resolve_num_workers(num_workers)
         self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
         self.image_size = image_size
         self.seed = seed
+        self.validation = validation
         self.class_names: list[str] = []
         self.train_set: Dataset | None = None
         self.val_set: Dataset | None = None
@@ -75,37 +101,128 @@ class ClassificationDataModule(L.LightningDataModule):
         """What decides which sample lands in which split; stored in checkpoints, so a later embedding
         run can refuse data split differently from training (a "train" database holding test images)."""
         return {"name": getattr(self, "data_name", type(self).__name__), "seed": self.seed,
-                "val_fraction": getattr(self, "val_fraction", 0.0), "test_fraction": getattr(self, "test_fraction", None)}
+                "validation": self.validation, "val_fraction": getattr(self, "val_fraction", 0.0),
+                "test_fraction": getattr(self, "test_fraction", None)}
 
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is None:
             self._build()
+            if self.validation == "test":
+                warnings.warn(VALIDATE_ON_TEST_WARNING, stacklevel=2)
 
     def _build(self) -> None:
         raise NotImplementedError
 
-    def _loader(self, dataset: Dataset, train: bool) -> DataLoader:
-        batch = self.batch_size if train else self.eval_batch_size
-        return DataLoader(dataset, batch_size=batch, shuffle=train, num_workers=self.num_workers,
-                          pin_memory=self.pin_memory, persistent_workers=self.num_workers > 0,
-                          drop_last=train and len(dataset) > batch)  # no size-1 batch for BatchNorm
+    def _batches_done(self) -> int:
+        """Batches of the current epoch the training loop has finished (for mid-epoch checkpoints)."""
+        trainer = getattr(self, "trainer", None)
+        return trainer.fit_loop.epoch_loop.batch_progress.current.processed if trainer is not None else 0
+
+    def _loader_kwargs(self) -> dict[str, Any]:
+        # Own generator: creating an iterator draws worker seeds from it, not from the global RNG
+        # that the model's dropout uses, so a resumed run draws the same model randomness.
+        return dict(num_workers=self.num_workers, pin_memory=self.pin_memory,
+                    persistent_workers=self.num_workers > 0, generator=torch.Generator().manual_seed(self.seed))
+
+    def state_dict(self) -> dict[str, int]:
+        """Where training stands in the data (the next sample to train on): saved in every checkpoint."""
+        trainer = getattr(self, "trainer", None)
+        if trainer is None:
+            return {"epoch": 0, "samples_done": 0}
+        epoch, done = trainer.current_epoch, self._batches_done()
+        if done >= trainer.num_training_batches:  # saved at the end of an epoch: the next one starts afresh
+            epoch, done = epoch + 1, 0
+        return {"epoch": int(epoch), "samples_done": int(done) * self.batch_size}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        # Lightning restores this before it builds the training loader when configure_optimizers asks
+        # for its length, and then skips restoring the loader's own state: the loader picks it up here.
+        self._resume_state = dict(state)
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_set, True)
+        rank, world = distributed_rank_and_size()
+        sampler = EpochSampler(len(self.train_set), self.seed, num_replicas=world, rank=rank)
+        resume = getattr(self, "_resume_state", None)
+        if resume:
+            # Loader workers draw indices as soon as Lightning creates the iterator, which for a resumed
+            # run is before it sets the epoch: the sampler must already be in the right one.
+            sampler.set_epoch(resume["epoch"])
+            sampler.resume_at(resume["epoch"], resume["samples_done"])
+            self._resume_state = None
+        return ResumableDataLoader(SeededAugmentation(self.train_set), batch_size=self.batch_size, sampler=sampler,
+                                   drop_last=len(sampler) > self.batch_size,  # no size-1 batch for BatchNorm
+                                   progress=self.state_dict, **self._loader_kwargs())
 
-    def val_dataloader(self) -> DataLoader:
-        return self._loader(self.val_set, False)
+    def eval_dataloader(self, dataset: Dataset) -> DataLoader:
+        """An unshuffled loader over ``dataset``; under DDP each rank gets its share, without duplicates."""
+        rank, world = distributed_rank_and_size()
+        return DataLoader(dataset, batch_size=self.eval_batch_size, sampler=ShardSampler(len(dataset), world, rank),
+                          **self._loader_kwargs())
+
+    def val_dataloader(self) -> DataLoader | list:
+        return [] if self.val_set is None else self.eval_dataloader(self.val_set)
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader(self.test_set, False)
+        return self.eval_dataloader(self.test_set)
+
+    def split_dataset(self, split: str) -> Dataset:
+        """``train`` (all of it, evaluation transforms, no augmentation), ``val`` or ``test``."""
+        self.setup("test")
+        datasets = {"train": self.train_eval_set, "val": self.val_set, "test": self.test_set}
+        if split not in datasets or datasets[split] is None:
+            available = sorted(k for k, v in datasets.items() if v is not None)
+            raise ConfigError("splits", f"unknown or absent split {split!r}", f"choose from {available}")
+        return datasets[split]
+
+    def predict_dataloader(self) -> DataLoader:
+        """The split named by ``predict_split`` (set by :func:`mrl.embeddings.embed_checkpoint`)."""
+        return self.split_dataloader(getattr(self, "predict_split", "test"))
 
     def split_dataloader(self, split: str) -> DataLoader:
-        """An unshuffled loader over ``train`` (evaluation transforms, no augmentation), ``val`` or ``test``."""
-        datasets = {"train": self.train_eval_set, "val": self.val_set, "test": self.test_set}
-        if split not in datasets:
-            raise ConfigError("splits", f"unknown split {split!r}", f"choose from {sorted(datasets)}")
-        self.setup("test")
-        return self._loader(datasets[split], False)
+        """An unshuffled loader over ``split`` (see :meth:`split_dataset`)."""
+        return self.eval_dataloader(self.split_dataset(split))
+
+    def _assign_validation(self, holdout: Dataset | None, test: Dataset) -> None:
+        """``val_set`` by ``self.validation``, in a seeded shuffled order: ``limit_val_batches`` on a
+        class-sorted split would otherwise validate on a few classes only."""
+        source = {"holdout": holdout, "test": test, "none": None}[self.validation]
+        if source is None:
+            self.val_set = None
+            return
+        order = torch.randperm(len(source), generator=torch.Generator().manual_seed(self.seed)).tolist()
+        self.val_set = Subset(source, order)
+
+
+def infer_image_size(samples: list[tuple[str, int]], max_images: int = 200) -> int:
+    """The median shorter side of up to ``max_images`` evenly spaced training images, in pixels."""
+    from PIL import Image
+
+    step = max(len(samples) // max_images, 1)
+    sides = []
+    for path, _ in samples[::step][:max_images]:
+        try:
+            with Image.open(path) as img:
+                sides.append(min(img.size))
+        except OSError:
+            continue
+    if not sides:
+        raise ConfigError("data.image_size", "is null and no training image could be read to infer it",
+                          "set data.image_size explicitly")
+    size = int(np.median(sides))
+    print(f"data.image_size not set: using {size} px, the median shorter side of {len(sides)} training images")
+    return size
+
+
+def resolve_num_workers(num_workers: int | str) -> int:
+    """``auto``: the CPUs this process may use, shared by the processes of this node, at most 8."""
+    if num_workers == "auto":
+        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", os.environ.get("SLURM_NTASKS_PER_NODE", 1)))
+        return max(0, min(8, cpus // max(local_processes, 1) - 1))
+    if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
+        raise ConfigError("data.num_workers", f"must be an integer >= 0 or auto, got {num_workers!r}",
+                          "set data.num_workers=auto to fit the machine")
+    return num_workers
 
 
 @register_datamodule("digits")
@@ -119,7 +236,13 @@ class DigitsDataModule(ClassificationDataModule):
 
     def __init__(self, image_size: int = 16, val_fraction: float = 0.15, test_fraction: float = 0.15, **kwargs):
         super().__init__(image_size=image_size, **kwargs)
-        self.val_fraction = val_fraction
+        _check_fraction("data.test_fraction", test_fraction)
+        if self.validation == "holdout":
+            _check_fraction("data.val_fraction", val_fraction)
+            if val_fraction + test_fraction >= 1:
+                raise ConfigError("data.val_fraction", f"plus data.test_fraction is {val_fraction + test_fraction}, "
+                                  "leaving nothing to train on", "keep their sum below 1, e.g. 0.15 and 0.15")
+        self.val_fraction = val_fraction if self.validation == "holdout" else 0.0
         self.test_fraction = test_fraction
 
     def _build(self) -> None:
@@ -133,17 +256,33 @@ class DigitsDataModule(ClassificationDataModule):
         x = (x - x.mean()) / x.std()
         y = torch.tensor(digits.target, dtype=torch.int64)
         idx = np.arange(len(y))
-        rest, test = train_test_split(idx, test_size=self.test_fraction, stratify=y, random_state=self.seed)
-        val_share = self.val_fraction / (1.0 - self.test_fraction)
-        train, val = train_test_split(rest, test_size=val_share, stratify=y[rest], random_state=self.seed)
-        self.train_set, self.val_set, self.test_set = (TensorDataset(x[i], y[i]) for i in (train, val, test))
+        train, test = train_test_split(idx, test_size=self.test_fraction, stratify=y, random_state=self.seed)
+        val = None
+        if self.val_fraction > 0:
+            val_share = self.val_fraction / (1.0 - self.test_fraction)
+            train, val = train_test_split(train, test_size=val_share, stratify=y[train], random_state=self.seed)
+        self.train_set, self.test_set = TensorDataset(x[train], y[train]), TensorDataset(x[test], y[test])
         self.train_eval_set = self.train_set
+        self._assign_validation(None if val is None else TensorDataset(x[val], y[val]), self.test_set)
         self.class_names = [str(c) for c in digits.target_names]
 
 
+def _check_fraction(field: str, value: float) -> None:
+    if not 0.0 < value < 1.0:
+        raise ConfigError(field, f"must be in (0, 1), got {value}", "e.g. 0.1 for a tenth")
+
+
 def _stratified_holdout(targets: list[int], fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    import math
+
     from sklearn.model_selection import train_test_split
 
+    held, classes = math.ceil(fraction * len(targets)), len(set(targets))
+    if held < classes or len(targets) - held < classes:
+        raise ConfigError("data.val_fraction", f"{fraction} of {len(targets)} training images holds out {held}, "
+                          f"which cannot cover the {classes} classes on both sides",
+                          "choose a fraction that leaves at least one image per class in each part, "
+                          "or data.validation=none")
     idx = np.arange(len(targets))
     train, val = train_test_split(idx, test_size=fraction, stratify=targets, random_state=seed)
     return sorted(train.tolist()), sorted(val.tolist())
@@ -160,7 +299,7 @@ class FolderDataModule(ClassificationDataModule):
     train_split, eval_split = "train", "val"
 
     def __init__(self, root: str | None = None, cache_dir: str | None = None, bad_images: str = "skip",
-                 verify_images: bool = True, val_fraction: float = 0.0, train_split: str | None = None,
+                 verify_images: bool = True, val_fraction: float = 0.1, train_split: str | None = None,
                  eval_split: str | None = None, **kwargs):
         super().__init__(**kwargs)
         self.root = root
@@ -168,9 +307,9 @@ class FolderDataModule(ClassificationDataModule):
         self.bad_images = bad_images
         # With bad_images=error every file is verified first, so no run dies on one mid-epoch.
         self.verify_images = verify_images or bad_images == "error"
-        if not 0.0 <= val_fraction < 1.0:
-            raise ConfigError("data.val_fraction", f"must be in [0, 1), got {val_fraction}")
-        self.val_fraction = val_fraction
+        if self.validation == "holdout":
+            _check_fraction("data.val_fraction", val_fraction)
+        self.val_fraction = val_fraction if self.validation == "holdout" else 0.0
         self.train_split = train_split or self.train_split
         self.eval_split = eval_split or self.eval_split
 
@@ -199,6 +338,8 @@ class FolderDataModule(ClassificationDataModule):
         eval_classes, eval_samples = scan_image_folder(root / self.eval_split, "data.root", **scan)
         check_same_classes(classes, eval_classes, f"{self.train_split}/", f"{self.eval_split}/")
         self.class_names = classes
+        if self.image_size is None:
+            self.image_size = infer_image_size(train_samples)
         self._make_sets(train_samples, eval_samples)
 
     def _make_sets(self, train_samples, eval_samples) -> None:
@@ -207,13 +348,15 @@ class FolderDataModule(ClassificationDataModule):
                             ImageFolderDataset(eval_samples, self.class_names, self.eval_transform()))
 
     def _assign_splits(self, train: Dataset, train_eval: Dataset, evaluation: Dataset) -> None:
-        """``train`` (augmented) and ``train_eval`` are the same samples; ``evaluation`` is the eval split."""
+        """``train`` (augmented) and ``train_eval`` are the same samples; ``evaluation`` is the test split."""
         self.train_eval_set, self.test_set = train_eval, evaluation
-        if self.val_fraction > 0:
+        holdout = None
+        if self.validation == "holdout":
             fit_idx, val_idx = _stratified_holdout(list(train.targets), self.val_fraction, self.seed)
-            self.train_set, self.val_set = Subset(train, fit_idx), Subset(train_eval, val_idx)
+            self.train_set, holdout = Subset(train, fit_idx), Subset(train_eval, val_idx)
         else:
-            self.train_set, self.val_set = train, evaluation
+            self.train_set = train
+        self._assign_validation(holdout, evaluation)
 
 
 @register_datamodule("image_folder")
@@ -229,8 +372,10 @@ class ImageNetDataModule(FolderDataModule):
     evaluation. ``val/`` must be sorted into class folders (the usual ``valprep.sh`` layout).
     """
 
-    def __init__(self, root: str | None = None, image_size: int = 224, **kwargs):
-        super().__init__(root=root or os.environ.get("IMAGENET_DIR"), image_size=image_size, **kwargs)
+    def __init__(self, root: str | None = None, image_size: int = 224, validation: str = "none", **kwargs):
+        # The paper's protocol: train on all of train/, test the final model on val/ without selection.
+        super().__init__(root=root or os.environ.get("IMAGENET_DIR"), image_size=image_size, validation=validation,
+                         **kwargs)
 
     def _resolve_root(self) -> Path:
         if not self.root:
@@ -280,15 +425,43 @@ class CIFARDataModule(FolderDataModule):
         import torchvision
 
         cls = getattr(torchvision.datasets, self.torchvision_name)
-        root = str(Path(str(self.root or self.cache_dir)).expanduser())
+        root = Path(str(self.root or self.cache_dir)).expanduser()
+        if root.name.endswith(ARCHIVE_SUFFIXES):  # the user meant a file: never download into a folder of that name
+            raise ConfigError("data.root", f"{root} does not exist", "check the path of the archive")
         try:
-            train = cls(root, train=True, download=self.download, transform=self.train_transform())
-            test = cls(root, train=False, download=self.download, transform=self.eval_transform())
-        except Exception as err:
-            raise ConfigError("data.root", f"cannot load {self.torchvision_name} from {root} ({type(err).__name__})",
-                              "check the network for data.download=true, or give an ImageFolder root/archive") from None
+            train = cls(str(root), train=True, download=False, transform=self.train_transform())
+        except RuntimeError:  # torchvision: "Dataset not found or corrupted"
+            if not self.download:
+                raise ConfigError("data.root", f"{root} holds neither torchvision's {self.torchvision_name} files nor "
+                                  "train/ and test/ class folders", "fix the path, or set data.download=true") from None
+            train = self._download(cls, root)
+        test = cls(str(root), train=False, download=False, transform=self.eval_transform())
         self.class_names = list(train.classes)
-        self._assign_splits(train, cls(root, train=True, download=False, transform=self.eval_transform()), test)
+        self._assign_splits(train, cls(str(root), train=True, download=False, transform=self.eval_transform()), test)
+
+    def _download(self, cls, root: Path):
+        """torchvision's download into ``root``; nothing is left behind when it fails."""
+        from urllib.parse import urlparse
+
+        from mrl.network import host_reachable
+
+        host = urlparse(cls.url).hostname
+        if not root.parent.is_dir():
+            raise ConfigError("data.root", f"{root}: the folder {root.parent} does not exist",
+                              "check the path (data.download=true creates only the last folder)")
+        if not host_reachable(host):
+            raise ConfigError("data.root", f"{root} has no {self.torchvision_name} and {host} is unreachable to "
+                              "download it", "give the path of a local copy (torchvision folder, ImageFolder root or "
+                              ".tar.gz), or run where the network is reachable")
+        created = not root.exists()
+        print(f"downloading {self.torchvision_name} from {host} into {root}")
+        try:
+            return cls(str(root), train=True, download=True, transform=self.train_transform())
+        except Exception as err:
+            if created:
+                shutil.rmtree(root, ignore_errors=True)
+            raise ConfigError("data.root", f"downloading {self.torchvision_name} into {root} failed "
+                              f"({type(err).__name__}: {err})", "retry, or give the path of a local copy") from None
 
 
 @register_datamodule("cifar10")

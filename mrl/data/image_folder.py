@@ -157,6 +157,7 @@ def extract_archive(archive: str | Path, cache_dir: str | Path, field: str = "da
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.parent / f".{target.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
+    print(f"extracting {archive} into {target} (once: later runs reuse it)", flush=True)
     try:
         if archive.name.endswith(".zip"):
             with zipfile.ZipFile(archive) as zf:
