@@ -105,7 +105,9 @@ def overlap(a, b):
 
 def main(argv=None):
     args = parse_args(argv)
-    import faiss
+    from mrl.evaluation.retrieval import import_faiss
+
+    faiss = import_faiss()
 
     if args.threads:
         import torch

@@ -25,14 +25,20 @@ def atomic_write_text(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def new_figure(figsize: tuple[float, float] = (6, 4)):
-    """``(fig, ax)`` on the Agg canvas, without pyplot's global state."""
+def new_panels(nrows: int, ncols: int, figsize: tuple[float, float]):
+    """``(fig, [axes, row by row])`` on the Agg canvas, without pyplot's global state."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=figsize)
     FigureCanvasAgg(fig)
-    return fig, fig.add_subplot()
+    return fig, list(fig.subplots(nrows, ncols, squeeze=False).ravel())
+
+
+def new_figure(figsize: tuple[float, float] = (6, 4)):
+    """``(fig, ax)``: a figure of one panel (:func:`new_panels`)."""
+    fig, (ax,) = new_panels(1, 1, figsize)
+    return fig, ax
 
 
 def save_figure(fig, path: Path) -> Path:

@@ -2,18 +2,20 @@
 the library behind ``scripts/report.py``.
 
 A study directory holds one Hydra run directory per model, named ``mrl``, ``mrle`` and ``ff<k>`` (FF-k:
-the fixed-feature baseline trained at size k), as ``scripts/cifar10_study.sh`` lays it out. Each has
+the fixed-feature baseline trained at size k), as ``scripts/cifar10_study.sh`` lays it out; a single run
+directory is reported on its own (:func:`collect` tells which it was given). Each run directory has
 ``metrics_by_dim.csv`` (training's test top-1/top-5 per size), ``.hydra/{config,overrides,hydra}.yaml``
 and, after the evaluation stage, ``eval/`` with the tables of :mod:`mrl.evaluation.run`
 (``classification``, ``retrieval``, ``adaptive_classification``, ``adaptive_retrieval``, and for the
 full-width FF model ``baselines``). Every number in the report is read from those files (percentages, as
 written there); a missing model or table is listed in :attr:`Study.missing` and left empty, since
-the study runs in stages.
+the study runs in stages. A file that is there but does not parse is a one-line
+:class:`~mrl.errors.ConfigError` naming it, raised before anything is written.
 
 ::
 
-    from mrl.study_report import collect_study, write_report
-    study = collect_study("logs/cifar10_study")
+    from mrl.study_report import collect, write_report
+    study = collect("logs/cifar10_study")          # or one run: collect("logs/cifar10_study/mrl")
     write_report(study, "results/cifar10", title="CIFAR-10, ResNet-18")
 
 :func:`load_paper_reference` reads the paper's published ImageNet-1K ResNet-50 numbers
@@ -34,12 +36,28 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mrl.reporting import atomic_write_text, new_figure, save_figure
+from mrl.errors import ConfigError
+from mrl.embeddings import HEAD_TYPES, read_meta
+from mrl.reporting import atomic_write_text, new_figure, new_panels, save_figure
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_PAPER_DIR = PROJECT_ROOT / "results" / "paper_reference"
 PAPER_LABEL = "paper (ResNet-50, ImageNet-1K)"
-EVALUATOR_FILES = ("classification", "retrieval", "adaptive_classification", "adaptive_retrieval", "baselines")
+# the tables read from a run directory: (required columns, integer columns, other numeric columns)
+METRICS_COLUMNS = (("dim", "top1"), ("dim",), ())
+EVALUATOR_COLUMNS = {
+    "classification": (("dim", "top1"), ("dim",), ()),
+    "retrieval": (("dim", "top1"), ("dim",), ()),
+    "adaptive_classification": (("cap", "accuracy", "expected_dim", "fixed_accuracy", "oracle_accuracy",
+                                 "oracle_expected_dim"), ("cap",),
+                                ("accuracy", "expected_dim", "fixed_accuracy", "oracle_accuracy",
+                                 "oracle_expected_dim")),
+    "adaptive_retrieval": (("kind", "D_s", "mflops"), ("D_s",), ("mflops",)),
+    "baselines": (("dim",), ("dim",), ()),
+}
+# what a run directory holds and a study folder does not
+RUN_MARKERS = (".hydra", "metrics_by_dim.csv", "checkpoints", "embeddings", "eval")
+REWRITE = "re-run the stage that wrote it, or move it aside to leave it out of the report"
 MODEL_NAME = re.compile(r"^(?:(mrl)|(mrle)|ff(\d+))$")
 # config keys that legitimately differ between the models of a study (not reported as recipe differences)
 PER_MODEL_KEYS = ("model.head", "model.nesting_dims", "ckpt_path", "hydra")
@@ -64,17 +82,60 @@ def _value(text: str) -> Any:
         return s
 
 
-def read_csv(path: str | Path) -> list[dict[str, Any]]:
-    """Rows of a CSV file as dicts, numbers parsed (``""`` -> ``None``)."""
-    with Path(path).open(newline="") as f:
-        return [{k.strip(): _value(v or "") for k, v in row.items() if k is not None}
-                for row in csv.DictReader(f)]
+def read_csv(path: str | Path, required: Sequence[str] = (), integer: Sequence[str] = (),
+             numeric: Sequence[str] = ()) -> list[dict[str, Any]]:
+    """Rows of a CSV file as dicts, numbers parsed (``""`` -> ``None``).
+
+    A file that does not parse is a :class:`ConfigError` whose field is the file: not UTF-8 text, no header,
+    a row with more or fewer fields than the header, a ``required`` column absent, or a cell of an ``integer``
+    (``numeric``) column that is not an integer (a number)."""
+    path = Path(path)
+    try:
+        with path.open(newline="", encoding="utf-8") as f:
+            reader = csv.reader(f)
+            header = [h.strip() for h in next(reader, [])]
+            if not any(header):
+                raise ConfigError(str(path), "has no header row", REWRITE)
+            rows = []
+            for cells in reader:
+                if not cells:
+                    continue
+                if len(cells) != len(header):
+                    raise ConfigError(str(path), f"line {reader.line_num} has {len(cells)} fields, the header has "
+                                      f"{len(header)}", REWRITE)
+                rows.append({h: _value(c) for h, c in zip(header, cells)})
+    except (UnicodeDecodeError, csv.Error) as err:
+        raise ConfigError(str(path), f"is not a CSV table ({err})", REWRITE) from None
+    absent = [c for c in required if c not in header]
+    if absent:
+        raise ConfigError(str(path), f"has no column {', '.join(absent)} (its columns: {', '.join(header)})", REWRITE)
+    for column, kind, ok in [(c, "an integer", int) for c in integer] + [(c, "a number", (int, float))
+                                                                           for c in numeric]:
+        bad = [r[column] for r in rows if isinstance(r[column], bool) or not isinstance(r[column], ok)]
+        if bad:
+            raise ConfigError(str(path), f"column {column} holds {bad[0]!r}, not {kind}", REWRITE)
+    return rows
 
 
 def _load_yaml(path: Path) -> Any:
+    """A YAML file as plain containers, interpolations left as written; one that does not parse is a
+    :class:`ConfigError` naming it."""
+    import yaml
     from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
 
-    return OmegaConf.to_container(OmegaConf.load(path), resolve=False)
+    try:
+        return OmegaConf.to_container(OmegaConf.load(path), resolve=False)
+    except (yaml.YAMLError, UnicodeDecodeError, OmegaConfBaseException) as err:
+        raise ConfigError(str(path), f"is not valid YAML ({' '.join(str(err).split())})", REWRITE) from None
+
+
+def _load_overrides(path: Path) -> list[str]:
+    """The command-line overrides Hydra recorded in ``.hydra/overrides.yaml``: a list."""
+    overrides = _load_yaml(path)
+    if not isinstance(overrides, list):
+        raise ConfigError(str(path), f"holds a {type(overrides).__name__}, not Hydra's list of overrides", REWRITE)
+    return [str(o) for o in overrides]
 
 
 def _get(cfg: Mapping[str, Any] | None, dotted: str, default: Any = None) -> Any:
@@ -142,6 +203,12 @@ class Study:
     missing: list[str]               # what is absent (a stage not run yet, a failed run)
     notes: list[str]                 # other remarks (recipe differences across models, ...)
     nesting: list[int] = field(default_factory=list)  # MRL's trained sizes (config, else its result files)
+    single_run: bool = False         # root is one run directory, not a study folder
+
+    @property
+    def name(self) -> str:
+        """The study's (or run's) folder name, what its plots and summary are titled by default."""
+        return self.root.resolve().name
 
     @property
     def is_imagenet(self) -> bool:
@@ -198,7 +265,7 @@ def _embed_record(model: Model, study_root: Path) -> None:
         runs = [d] + (sorted(p for p in d.iterdir() if p.is_dir()) if d.is_dir() else [])
         for run in runs:
             if (run / ".hydra" / "overrides.yaml").is_file():
-                overrides = [str(o) for o in (_load_yaml(run / ".hydra" / "overrides.yaml") or [])]
+                overrides = _load_overrides(run / ".hydra" / "overrides.yaml")
                 hydra_ov = _hydra_overrides(run)
                 model.embed_command = shlex.join(["python", "scripts/embed.py", *overrides, *hydra_ov])
                 model.embed_source = str(run / ".hydra" / "overrides.yaml")
@@ -222,19 +289,19 @@ def _load_model(model: Model, study_root: Path, missing: list[str]) -> None:
     else:
         missing.append(f"{model.name}: .hydra/config.yaml missing")
     if (hydra / "overrides.yaml").is_file():
-        model.overrides = [str(o) for o in (_load_yaml(hydra / "overrides.yaml") or [])]
+        model.overrides = _load_overrides(hydra / "overrides.yaml")
         model.hydra_overrides = _hydra_overrides(model.path)
     else:
         missing.append(f"{model.name}: .hydra/overrides.yaml missing (training command unknown)")
     if (model.path / "metrics_by_dim.csv").is_file():
-        model.metrics = read_csv(model.path / "metrics_by_dim.csv")
+        model.metrics = read_csv(model.path / "metrics_by_dim.csv", *METRICS_COLUMNS)
     else:
         state = "a checkpoints/last.ckpt exists" if (model.path / "checkpoints" / "last.ckpt").is_file() \
             else "no checkpoints/last.ckpt yet"
         missing.append(f"{model.name}: metrics_by_dim.csv missing: training unfinished or failed ({state})")
-    for name in EVALUATOR_FILES:
+    for name, columns in EVALUATOR_COLUMNS.items():
         if (model.eval_dir / f"{name}.csv").is_file():
-            model.eval[name] = read_csv(model.eval_dir / f"{name}.csv")
+            model.eval[name] = read_csv(model.eval_dir / f"{name}.csv", *columns)
     if (model.eval_dir / "command.txt").is_file():
         model.eval_command = (model.eval_dir / "command.txt").read_text().strip()
     if (model.eval_dir / "eval_config.yaml").is_file():
@@ -288,7 +355,65 @@ def collect_study(study_dir: str | Path) -> Study:
         models[model.name] = model
     for model in models.values():
         _load_model(model, root, missing)
+    return _summarise(root, models, missing, notes, single_run=False)
 
+
+def is_run_dir(path: str | Path) -> bool:
+    """Whether ``path`` is one training run directory (it holds a run's own files: ``.hydra/``,
+    ``metrics_by_dim.csv``, ``checkpoints/``, ``embeddings/`` or ``eval/``) rather than a study folder."""
+    return any((Path(path) / name).exists() for name in RUN_MARKERS)
+
+
+def _run_identity(root: Path) -> tuple[str, int | None]:
+    """``(head, FF size or None)`` of a run directory from its records: the training config, the evaluation's
+    resolved config, the embeddings' ``meta.json`` or FF-k's one-row ``metrics_by_dim.csv``; else its folder
+    name (``mrl``, ``mrle``, ``ff<k>``)."""
+    def load(path: Path, reader) -> Any:
+        return reader(path) if path.is_file() else None
+
+    config = load(root / ".hydra" / "config.yaml", _load_yaml)
+    resolved = _get(load(root / "eval" / "eval_config.yaml", _load_yaml), "resolved")
+    meta = load(root / "embeddings" / "test" / "meta.json", read_meta)
+    metrics = load(root / "metrics_by_dim.csv", lambda p: read_csv(p, *METRICS_COLUMNS))
+    head = next((h for h in (_get(config, "model.head"), _get(resolved, "head"), _get(meta, "head"))
+                 if h in HEAD_TYPES), None)
+    named = _model_from_dir(root)
+    if head is None and named is not None:
+        return named.kind, named.k
+    if head is None:
+        raise ConfigError(str(root), "is a run directory whose head is not recorded (no model.head in "
+                          ".hydra/config.yaml, eval/eval_config.yaml or embeddings/test/meta.json)",
+                          "point the report at a folder written by scripts/train.py, or at a study folder")
+    if head != "ff":
+        return head, None
+    for sizes in (_get(config, "model.nesting_dims"), [_get(config, "model.ff_dim")], _get(resolved, "nesting_dims"),
+                  _get(meta, "nesting_dims"), [r["dim"] for r in metrics or []]):
+        if _int_list(sizes) and len(sizes) == 1:
+            return head, sizes[0]
+    raise ConfigError(str(root), "is an FF run whose size k is not recorded", "name its folder ff<k>")
+
+
+def collect_run(run_dir: str | Path) -> Study:
+    """Read one run directory (its training, embedding and evaluation records) as a study of one model."""
+    root = Path(run_dir)
+    if not root.is_dir():
+        raise FileNotFoundError(f"run directory {root} does not exist")
+    kind, k = _run_identity(root)
+    model = Model(kind if k is None else f"ff{k}", kind, k, root)
+    missing: list[str] = []
+    _load_model(model, root, missing)
+    return _summarise(root, {model.name: model}, missing, [], single_run=True)
+
+
+def collect(path: str | Path) -> Study:
+    """A single run directory (:func:`is_run_dir`) or a study folder, whichever ``path`` is."""
+    return collect_run(path) if is_run_dir(path) else collect_study(path)
+
+
+def _summarise(root: Path, models: dict[str, Model], missing: list[str], notes: list[str],
+               single_run: bool) -> Study:
+    """The study's sizes, reference config and what is missing, from its loaded models (a run directory: one
+    model, and no other models or baselines expected)."""
     ref = next((models[n] for n in ("mrl", "mrle") if n in models and models[n].config), None) or \
         next((m for m in models.values() if m.config), None)
     config = ref.config if ref else None
@@ -301,7 +426,7 @@ def collect_study(study_dir: str | Path) -> Study:
     sizes_sorted = sorted(sizes)
 
     # what a complete study has
-    expected = ["mrl", "mrle"] + [f"ff{d}" for d in sorted(int(d) for d in nesting)]
+    expected = [] if single_run else ["mrl", "mrle"] + [f"ff{d}" for d in sorted(int(d) for d in nesting)]
     missing[:0] = [f"{name}: model folder missing" for name in expected if name not in models]
     for m in models.values():
         if not m.eval_dir.is_dir():
@@ -312,7 +437,7 @@ def collect_study(study_dir: str | Path) -> Study:
         for name in wanted:
             if name not in m.eval:
                 missing.append(f"{m.name}: eval/{name}.csv missing")
-    if width is not None and not any("baselines" in m.eval for m in models.values()):
+    if not single_run and width is not None and not any("baselines" in m.eval for m in models.values()):
         missing.append(f"ff{width}: eval/baselines.csv missing (SVD, Rand-LP and Rand-FS columns left empty)")
 
     # the recipe should be the same for every model: list the settings that differ
@@ -325,7 +450,8 @@ def collect_study(study_dir: str | Path) -> Study:
         if len({json.dumps(v, sort_keys=True, default=str) for v in values.values()}) > 1:
             notes.append(f"recipe differs across models: {key} = " +
                          ", ".join(f"{n}: {v}" for n, v in values.items()))
-    study = Study(root, models, sizes_sorted, width, config, ref.name if ref else None, missing, notes, nesting)
+    study = Study(root, models, sizes_sorted, width, config, ref.name if ref else None, missing, notes, nesting,
+                  single_run)
     b = study.baselines_model()
     if b is not None and b.k != width:
         notes.append(f"baselines read from {b.name} (ff{width} has no eval/baselines.csv)")
@@ -723,19 +849,29 @@ def plot_adaptive_classification(table: Table, path: Path, title: str,
 
 def plot_adaptive_retrieval(table: Table, path: Path, title: str,
                             paper: Mapping[str, Sequence[Mapping[str, Any]]] | None = None) -> Path | None:
+    """mAP against MFLOPs per query, each of our points labelled by its setting (``Ds=16 K=200 Dr=512``, a
+    funnel's stages as lists); with ``paper``, the paper's adaptive points and exact-search curve."""
+    from matplotlib.ticker import NullFormatter
+
+    from mrl.evaluation.adaptive_retrieval import setting_label
+
     metric = next((c for c in table.columns if c.startswith("map@")), "map@10")
-    fig, ax = new_figure((7, 4.5))
+    fig, ax = new_figure((9, 6))
     drawn = False
     for i, method in enumerate(dict.fromkeys(table.column("method"))):
         rows = [r for r in table.rows if r["method"] == method]
         color = f"C{i}"
         for kind, marker in (("adaptive", "o"), ("funnel", "D"), ("exact", "*")):
-            sel = [r for r in rows if str(r.get("kind", "")).startswith(kind)]
-            xs, ys = _finite([r["mflops"] for r in sel], [r[metric] for r in sel])
-            if xs:
-                ax.scatter(xs, ys, marker=marker, s=80 if kind == "exact" else 18, color=color,
-                           label=f"{method} {kind}")
-                drawn = True
+            sel = [r for r in rows if str(r.get("kind", "")).startswith(kind)
+                   and _finite([r["mflops"]], [r[metric]])[0]]
+            if not sel:
+                continue
+            ax.scatter([r["mflops"] for r in sel], [r[metric] for r in sel], marker=marker,
+                       s=80 if kind == "exact" else 18, color=color, label=f"{method} {kind}")
+            for r in sel:
+                ax.annotate(setting_label(r), (r["mflops"], r[metric]), textcoords="offset points", xytext=(4, 3),
+                            fontsize=6, color=color)
+            drawn = True
     if paper and paper.get("adaptive_retrieval"):
         pa = paper["adaptive_retrieval"]
         ax.scatter(*_finite([r["mflops"] for r in pa], [r["map@10"] for r in pa]), marker="x", s=14, color="k",
@@ -746,11 +882,42 @@ def plot_adaptive_retrieval(table: Table, path: Path, title: str,
         drawn = True
     if not drawn:
         return None
-    from matplotlib.ticker import NullFormatter
-
     ax.set_xscale("log")
     ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.margins(x=0.12, y=0.08)  # room for the labels of the outermost points
     return _finish(fig, ax, path, title, "MFLOPs per query", f"{metric.replace('map', 'mAP')} (%)")
+
+
+def plot_retrieval_by_size(table: Table, path: Path, title: str) -> Path | None:
+    """One panel per metric of the retrieval table (mAP@k, precision@k, recall@k, hit@k, top-1) against size, a
+    line per method; the FF-k rows (each at its own size) make one FF line."""
+    metrics = [c for c in table.columns if c not in ("method", "dim")]
+    ncols = min(3, len(metrics))
+    nrows = -(-len(metrics) // ncols)
+    fig, axes = new_panels(nrows, ncols, (4.2 * ncols, 3.4 * nrows))
+    methods = list(dict.fromkeys("FF" if str(r["method"]).startswith("FF-") else r["method"] for r in table.rows))
+    dims = sorted({r["dim"] for r in table.rows})
+    drawn = False
+    for ax, metric in zip(axes, metrics):
+        for i, method in enumerate(methods):
+            rows = sorted((r for r in table.rows if r["method"] == method
+                           or (method == "FF" and str(r["method"]).startswith("FF-"))), key=lambda r: r["dim"])
+            xs, ys = _finite([r["dim"] for r in rows], [r.get(metric) for r in rows])
+            if xs:
+                ax.plot(xs, ys, "o-", color=f"C{i}", markersize=3, label=method)
+                drawn = True
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(dims, [str(d) for d in dims], fontsize=7)
+        ax.set_title(f"{metric.replace('map', 'mAP')} (%)", fontsize=9)
+        ax.set_xlabel("representation size (dims)", fontsize=8)
+        ax.grid(True, alpha=0.3)
+    for ax in axes[len(metrics):]:
+        ax.set_axis_off()
+    if not drawn:
+        return None
+    axes[0].legend(fontsize=7)
+    fig.suptitle(title)
+    return save_figure(fig, path)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -785,6 +952,10 @@ def commands_markdown(study: Study, out: Path) -> str:
         if m.embed_command:
             lines += ["", "Embed (from `" + _rel(Path(m.embed_source), study) + "`):", "", "```bash",
                       m.embed_command, "```"]
+        elif m.eval_command:
+            lines += ["", "Embed: not recorded (no `command.txt`, and no Hydra record `.hydra/overrides.yaml` in the "
+                      "embeddings folder or a subfolder of it: pass `hydra.run.dir=<embeddings folder>/hydra` to "
+                      "`scripts/embed.py`, as `scripts/cifar10_study.sh` does)"]
         if m.eval_command:
             lines += ["", f"Evaluate (from `{_rel(m.eval_dir / 'command.txt', study)}`):", "", "```bash",
                       m.eval_command, "```"]
@@ -821,8 +992,9 @@ def summary_markdown(study: Study, tables: Mapping[str, Table], plots: Mapping[s
              "under each table's sources in its `.md`). All accuracies and retrieval metrics in percent.", ""]
     if command:
         lines += ["```bash", command, "```", ""]
-    lines += [f"Study: `{study.root}`; models present: " +
-              (", ".join(f"{m.name} ({m.label})" for m in _ordered(study)) or "none"), ""]
+    models = ", ".join(f"{m.name} ({m.label})" for m in _ordered(study)) or "none"
+    lines += [f"Run directory: `{study.root}`, model {models}" if study.single_run
+              else f"Study: `{study.root}`; models present: {models}", ""]
     lines += ["## Setup (from the configs)", ""]
     if study.config:
         lines += [f"Read from `{study.config_from}/.hydra/config.yaml`; every model uses the same recipe except "
@@ -921,7 +1093,7 @@ def findings_markdown(tables: Mapping[str, Table], k: int = 10, tolerance: float
     for method in dict.fromkeys(ar.column("method")):
         rows = [r for r in ar.rows if r["method"] == method]
         exact = next((r for r in rows if r["kind"] == "exact"), None)
-        if exact is None:
+        if exact is None or _num(exact.get(metric)) is None:
             continue
         equal = [r for r in rows if r["kind"] != "exact" and _num(r.get(metric)) is not None
                  and r[metric] >= exact[metric] - tolerance]
@@ -951,13 +1123,13 @@ def write_report(study: Study, out_dir: str | Path, title: str | None = None, k:
 
     ``imagenet``: overlay the paper's curves (``None``: when the study's config says ``data.name:
     imagenet``). ``paper_dir``: the paper reference CSVs (``None`` or absent: no paper numbers)."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    title = title or f"Study {study.root.name}"
+    title = title or study.name
     paper = load_paper_reference(paper_dir) if paper_dir and Path(paper_dir).is_dir() else {}
     overlay = bool(paper) and (study.is_imagenet if imagenet is None else imagenet)
     ov = paper if overlay else None
     tables = build_tables(study, k)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
     files: list[Path] = []
     for t in tables.values():
         files += write_report_table(t, out).values()
@@ -970,6 +1142,8 @@ def write_report(study: Study, out_dir: str | Path, title: str | None = None, k:
     name = f"map{k}_by_size"
     plots[name] = plot_by_size(tables[name], out / f"{name}.png", f"mAP@{k} (%)", f"Retrieval mAP@{k} by size, {title}",
                                ov and ov.get("map10") if k == 10 else None)
+    plots["retrieval_by_size"] = plot_retrieval_by_size(tables["retrieval_by_size"], out / "retrieval_by_size.png",
+                                                        f"Retrieval at k = {k} by size, {title}")
     plots["adaptive_classification"] = plot_adaptive_classification(
         tables["adaptive_classification"], out / "adaptive_classification.png", f"Adaptive classification, {title}",
         ov)

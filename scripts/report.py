@@ -1,10 +1,13 @@
-"""Collect a study into comparison tables and plots:
-``python scripts/report.py --study-dir logs/cifar10_study --out results/cifar10 [--title ...] [--paper DIR]``.
+"""Collect a study, or a single run, into comparison tables and plots:
+``python scripts/report.py --dir logs/cifar10_study --out results/cifar10 [--title ...] [--paper DIR]``.
 
-Thin wrapper over :mod:`mrl.study_report`. Writes ``<out>/``: ``top1_by_size``, ``knn_top1_by_size``,
+Thin wrapper over :mod:`mrl.study_report`. ``--dir`` is a study folder (one run directory per model: ``mrl``,
+``mrle``, ``ff<k>``) or one run directory (``scripts/train.py``'s output, optionally with ``embeddings/`` and
+``eval/`` inside); which one is detected. Writes ``<out>/``: ``top1_by_size``, ``knn_top1_by_size``,
 ``map10_by_size``, ``retrieval_by_size``, ``adaptive_classification``, ``adaptive_retrieval`` (``.csv``,
-``.md``, ``.json``, ``.png``), ``commands.md``, ``configs/<model>.yaml`` and ``summary.md``. Missing models
-or evaluator tables are listed in ``summary.md`` and skipped.
+``.md``, ``.json``, ``.png``), ``commands.md``, ``configs/<model>.yaml``, ``summary.md`` and ``findings.md``.
+Missing models or evaluator tables are listed in ``summary.md`` and skipped; an input file that does not
+parse stops the report with a one-line error naming it (exit status 2) before anything is written.
 """
 
 import argparse
@@ -14,16 +17,18 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from mrl.study_report import DEFAULT_PAPER_DIR, collect_study, write_report  # noqa: E402
+from mrl.errors import ConfigError  # noqa: E402
+from mrl.study_report import DEFAULT_PAPER_DIR, collect, write_report  # noqa: E402
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--study-dir", required=True, type=Path,
-                        help="folder with one run directory per model: mrl, mrle, ff<k>")
+    parser.add_argument("--dir", "--study-dir", dest="source", required=True, type=Path,
+                        help="a study folder (one run directory per model: mrl, mrle, ff<k>) or one run directory")
     parser.add_argument("--out", required=True, type=Path, help="output folder, e.g. results/cifar10")
-    parser.add_argument("--title", default=None, help="title of summary.md and the plots")
+    parser.add_argument("--title", default=None,
+                        help="title of summary.md and the plots (default: the study's or run's folder name)")
     parser.add_argument("--paper", type=Path, default=DEFAULT_PAPER_DIR,
                         help="the paper's reference CSVs (default: %(default)s)")
     parser.add_argument("--no-paper", action="store_true", help="leave the paper's numbers out")
@@ -35,18 +40,22 @@ def main(argv=None) -> int:
     parser.add_argument("--k", type=int, default=10, help="retrieval cut-off for the mAP@k tables (default: 10)")
     args = parser.parse_args(argv)
 
-    if not args.study_dir.is_dir():
-        print(f"error: --study-dir: {args.study_dir} does not exist", file=sys.stderr)
+    try:
+        if not args.source.is_dir():
+            raise ConfigError("--dir", f"{args.source} does not exist", "give a study folder or a run directory")
+        paper = None if args.no_paper else args.paper
+        if paper is not None and not paper.is_dir():
+            raise ConfigError("--paper", f"{paper} does not exist", "pass --no-paper to leave the paper out")
+        study = collect(args.source)
+        command = shlex.join(["python", "scripts/report.py", *(sys.argv[1:] if argv is None else argv)])
+        report = write_report(study, args.out, title=args.title, k=args.k, paper_dir=paper, imagenet=args.imagenet,
+                              command=command)
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
         return 2
-    paper = None if args.no_paper else args.paper
-    if paper is not None and not paper.is_dir():
-        print(f"error: --paper: {paper} does not exist (or pass --no-paper)", file=sys.stderr)
-        return 2
-    command = shlex.join(["python", "scripts/report.py", *(sys.argv[1:] if argv is None else argv)])
-    study = collect_study(args.study_dir)
-    report = write_report(study, args.out, title=args.title, k=args.k, paper_dir=paper, imagenet=args.imagenet,
-                          command=command)
-    print(f"{len(study.models)} model(s) from {study.root} -> {report.out}/summary.md")
+    what = f"run {study.root} ({next(iter(study.models.values())).label})" if study.single_run \
+        else f"{len(study.models)} model(s) from {study.root}"
+    print(f"{what} -> {report.out}/summary.md")
     if study.missing:
         print(f"missing ({len(study.missing)}):")
         for line in study.missing:

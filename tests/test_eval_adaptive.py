@@ -42,10 +42,10 @@ def unit(v):
 
 
 def slow_rank(db, q, cand, dim):
-    """Candidates of one query sorted by cosine similarity at ``dim`` (ties: keep order)."""
+    """Candidates of one query sorted by cosine similarity at ``dim`` (ties: lower database index first)."""
     qn = unit(q[:dim])
     sims = [sum(a * b for a, b in zip(qn, unit(db[c][:dim]))) for c in cand]
-    order = sorted(range(len(cand)), key=lambda i: -sims[i])
+    order = sorted(range(len(cand)), key=lambda i: (-sims[i], cand[i]))
     return [cand[i] for i in order]
 
 
@@ -87,6 +87,18 @@ def test_adaptive_and_funnel_match_loop_reference(rng):
     assert np.all(np.diff(scores, axis=1) <= 0)
 
 
+def test_adaptive_and_funnel_with_duplicate_rows_break_ties_by_database_index(rng):
+    base = rng.standard_normal((20, 16))
+    db = np.concatenate([base, base, 2 * base])[rng.permutation(60)]  # every direction three times, scattered
+    q = rng.standard_normal((6, 16))
+    q[0] = base[3]
+    np.testing.assert_array_equal(adaptive_retrieval(db, q, 4, 16, 30, 7), slow_funnel(db, q, [4, 16], [30], 7))
+    np.testing.assert_array_equal(funnel_retrieval(db, q, [2, 8, 16], [40, 20], 7),
+                                  slow_funnel(db, q, [2, 8, 16], [40, 20], 7))
+    # the whole database shortlisted is exact search at D_r, ties included
+    np.testing.assert_array_equal(adaptive_retrieval(db, q, 4, 16, 60, 7), search(db, q, 7)[1])
+
+
 def test_adaptive_with_hnsw_shortlist(rng):
     db, q = rng.standard_normal((1500, 16)).astype(np.float32), rng.standard_normal((40, 16)).astype(np.float32)
     exact = adaptive_retrieval(db, q, 8, 16, 100, 10)
@@ -98,9 +110,10 @@ def test_adaptive_with_hnsw_shortlist(rng):
 def test_rerank_ties_and_padding():
     db = np.array([[1.0, 0.0], [2.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
     q = np.array([[1.0, 0.0]])
-    # rows 0 and 1 tie (same direction): they keep the candidates' order; -1 is padding
+    # rows 0 and 1 tie (same direction): the lower database index first, whatever the candidates' order;
+    # -1 is padding
     scores, idx = rerank(db, q, np.array([[3, 1, -1, 0, 2]]), dim=2, k=5)
-    assert idx.tolist() == [[1, 0, 3, 2, -1]]
+    assert idx.tolist() == [[0, 1, 3, 2, -1]]
     assert scores[0, -1] == -np.inf
     np.testing.assert_allclose(scores[0, :4], [1, 1, 1 / math.sqrt(2), 0], atol=1e-6)
 

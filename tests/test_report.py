@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from mrl.study_report import (PAPER_LABEL, collect_study, load_paper_reference, read_csv, write_report)
+from mrl.errors import ConfigError
+from mrl.study_report import (PAPER_LABEL, collect, collect_study, load_paper_reference, read_csv, write_report)
 
 from conftest import PROJECT_ROOT
 
@@ -47,8 +48,10 @@ def _v(model: int, dim: int, metric: int) -> float:
 MODEL_ID = {"mrl": 1, "mrle": 2, "ff2": 3, "ff8": 4}
 
 
-def _model(study: Path, name: str, head: str, dims: list[int], evaluated: bool, data: str = "cifar10") -> None:
-    d = study / name
+def _model(study: Path, name: str, head: str, dims: list[int], evaluated: bool, data: str = "cifar10",
+           folder: str | None = None) -> None:
+    """Model ``name``'s run directory, in ``study/<folder or name>``."""
+    d = study / (folder or name)
     i = MODEL_ID[name]
     hydra = d / ".hydra"
     hydra.mkdir(parents=True)
@@ -64,7 +67,7 @@ def _model(study: Path, name: str, head: str, dims: list[int], evaluated: bool, 
     (hydra / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
     (hydra / "overrides.yaml").write_text(yaml.safe_dump(overrides))
     (hydra / "hydra.yaml").write_text(yaml.safe_dump(
-        {"hydra": {"overrides": {"hydra": [f"hydra.run.dir={study}/{name}", "hydra.mode=RUN"],
+        {"hydra": {"overrides": {"hydra": [f"hydra.run.dir={d}", "hydra.mode=RUN"],
                                  "task": overrides}}}))
     (d / "checkpoints").mkdir()
     (d / "checkpoints" / "last.ckpt").write_bytes(b"")
@@ -97,6 +100,23 @@ def _model(study: Path, name: str, head: str, dims: list[int], evaluated: bool, 
         [f"ckpt_path={d}/checkpoints/last.ckpt", "data=cifar10", "data.root=/data/c10.tar.gz"]))
     (ev / "eval_config.yaml").write_text(yaml.safe_dump({"embeddings_dir": str(emb), "evaluators": ["retrieval"]}))
     (ev / "command.txt").write_text(f"python scripts/eval.py embeddings_dir={emb} output_dir={ev} tag={name}\n")
+
+
+REPORT_TABLES = ("top1_by_size", "knn_top1_by_size", "map10_by_size", "retrieval_by_size", "adaptive_classification",
+                 "adaptive_retrieval")
+
+
+def test_readme_lists_exactly_the_tables_and_plots_the_report_writes():
+    """The Reports section of the README names the report's tables (each written as .csv/.md/.json/.png by
+    test_write_report) and its other files."""
+    import re
+
+    text = (PROJECT_ROOT / "README.md").read_text()
+    section = text[text.index("### Reports"):text.index("## Layout")]
+    listed = section[section.index("It writes into `<out>/`:"):section.index("(`.csv`, `.md`, `.json`, `.png`;")]
+    assert tuple(re.findall(r"`(\w+)`", listed)) == REPORT_TABLES
+    for name in ("commands.md", "configs/<model>.yaml", "summary.md", "findings.md"):
+        assert f"`{name}`" in section
 
 
 @pytest.fixture()
@@ -197,11 +217,9 @@ def test_auto_nesting_read_from_results(study):
 def test_write_report(study, tmp_path):
     out = tmp_path / "out"
     rep = write_report(collect_study(study), out, title="fake study", paper_dir=PAPER_DIR)
-    for stem in ("top1_by_size", "knn_top1_by_size", "map10_by_size", "adaptive_classification",
-                 "adaptive_retrieval"):
+    for stem in REPORT_TABLES:
         for ext in ("csv", "md", "json", "png"):
             assert (out / f"{stem}.{ext}").stat().st_size > 0, f"{stem}.{ext}"
-    assert (out / "retrieval_by_size.csv").is_file()
     # the CSV written holds the collected numbers
     written = read_csv(out / "top1_by_size.csv")
     assert [r["dim"] for r in written] == NESTING
@@ -343,6 +361,179 @@ def test_script(study, tmp_path):
     assert proc.returncode == 2 and "does not exist" in proc.stderr
 
 
+def _report(*args):
+    return subprocess.run([sys.executable, str(PROJECT_ROOT / "scripts" / "report.py"), *args], capture_output=True,
+                          text=True, timeout=120)
+
+
+def _spy(monkeypatch, cls, method):
+    """Record ``(instance, args, kwargs)`` of every call of ``cls.method``."""
+    calls, original = [], getattr(cls, method)
+
+    def spy(self, *args, **kwargs):
+        calls.append((self, args, kwargs))
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(cls, method, spy)
+    return calls
+
+
+def test_report_on_a_single_run_directory(tmp_path):
+    runs = tmp_path / "runs"
+    _model(runs, "mrle", "mrle", NESTING, True, folder="2024-05-01_12-00-00")  # named by Hydra's default
+    run = runs / "2024-05-01_12-00-00"
+    out = tmp_path / "out"
+    proc = _report("--dir", str(run), "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith(f"run {run} (MRL-E) -> {out}/summary.md")
+    top1 = {r["dim"]: r for r in read_csv(out / "top1_by_size.csv")}
+    assert {d: r["MRL-E"] for d, r in top1.items()} == {m: _v(2, m, 1) for m in NESTING}
+    assert all(r["MRL"] is None and r["FF"] is None for r in top1.values())
+    assert {(r["method"], r["kind"]) for r in read_csv(out / "adaptive_retrieval.csv")} == \
+        {("MRL-E", "exact"), ("MRL-E", "adaptive (exact)"), ("MRL-E", "funnel (exact)")}
+    for stem in REPORT_TABLES:
+        assert (out / f"{stem}.png").stat().st_size > 0, stem
+    summary = (out / "summary.md").read_text()
+    assert summary.startswith("# 2024-05-01_12-00-00\n")
+    assert f"Run directory: `{run}`, model mrle (MRL-E)" in summary
+    assert "model folder missing" not in summary and "baselines.csv missing" not in summary
+    assert "* nothing: every model and evaluator table is present" in summary
+    commands = (out / "commands.md").read_text()
+    overrides = yaml.safe_load((run / ".hydra" / "overrides.yaml").read_text())
+    assert shlex.join(["python", "scripts/train.py", *overrides, f"hydra.run.dir={run}"]) in commands
+    assert f"python scripts/embed.py ckpt_path={run}/checkpoints/last.ckpt data=cifar10 data.root=/data/c10.tar.gz\n" \
+        in commands
+    assert (run / "eval" / "command.txt").read_text().strip() in commands
+    assert (out / "configs" / "mrle.yaml").read_bytes() == (run / ".hydra" / "config.yaml").read_bytes()
+
+    # an FF run: its size read from its config, baselines beside it
+    _model(runs, "ff8", "ff", [8], True, folder="ff_run")
+    s = collect(runs / "ff_run")
+    assert s.single_run and list(s.models) == ["ff8"] and s.sizes == NESTING
+    from mrl.study_report import build_tables
+
+    t = build_tables(s)
+    assert _col(t["top1_by_size"], "FF") == {2: None, 4: None, 8: _v(4, 8, 1)}
+    assert _col(t["top1_by_size"], "SVD") == {m: _v(9, m, 61) for m in NESTING}
+    assert not collect(tmp_path / "runs").single_run  # the folder above: a study (of folders not named as models)
+
+
+def test_plot_titles_name_the_study_or_the_run(study, tmp_path, monkeypatch):
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
+
+    titles = _spy(monkeypatch, Axes, "set_title")
+    suptitles = _spy(monkeypatch, Figure, "suptitle")
+
+    def plot_titles():
+        # one per plot: the panels of retrieval_by_size are titled by their metric, its figure by the study
+        found = [a[0] for _, a, _ in titles if not a[0].endswith("(%)")] + [a[0] for _, a, _ in suptitles]
+        titles.clear()
+        suptitles.clear()
+        return found
+
+    write_report(collect(study), tmp_path / "a", paper_dir=None)
+    found = plot_titles()
+    assert len(found) == len(REPORT_TABLES)  # one plot per table
+    assert all(t.endswith(", study") for t in found), found  # the folder's name, not "Study study"
+    assert (tmp_path / "a" / "summary.md").read_text().startswith("# study\n")
+    write_report(collect(study), tmp_path / "b", paper_dir=None, title="CIFAR-10, ResNet-18")
+    assert all(t.endswith(", CIFAR-10, ResNet-18") for t in plot_titles())
+    write_report(collect(study / "mrle"), tmp_path / "c", paper_dir=None)
+    found = plot_titles()
+    assert found and all(t.endswith(", mrle") for t in found)
+
+
+def test_adaptive_retrieval_points_are_labelled_by_their_setting(study, tmp_path, monkeypatch):
+    from matplotlib.axes import Axes
+
+    labels = _spy(monkeypatch, Axes, "annotate")
+    write_report(collect(study), tmp_path / "out", paper_dir=None)
+    # the fixture's rows: exact search at 8; shortlist 50 on 2 dims reranked on 8; funnel 2 -> 4 -> 8 keeping 200, 10
+    per_model = ["exact d=8", "Ds=2 K=50 Dr=8", "Ds=2 K=200,10 Dr=4,8"]
+    assert sorted(args[0] for _, args, _ in labels) == sorted(per_model * 2)  # MRL and MRL-E
+    assert all(args[1] for _, args, _ in labels)  # placed at a point
+
+
+def test_retrieval_by_size_plot_draws_the_table(study, tmp_path, monkeypatch):
+    from matplotlib.axes import Axes
+
+    from mrl.study_report import build_tables, plot_retrieval_by_size
+
+    lines = _spy(monkeypatch, Axes, "plot")
+    titles = _spy(monkeypatch, Axes, "set_title")
+    table = build_tables(collect(study))["retrieval_by_size"]
+    assert plot_retrieval_by_size(table, tmp_path / "r.png", "t").stat().st_size > 0
+    panel = {id(ax): args[0] for ax, args, _ in titles}
+    drawn = {(panel[id(ax)], kwargs["label"]): (list(args[0]), list(args[1])) for ax, args, kwargs in lines}
+    assert sorted({p for p, _ in drawn}) == ["hit@10 (%)", "mAP@10 (%)", "precision@10 (%)", "recall@10 (%)",
+                                             "top1 (%)"]
+    assert drawn[("mAP@10 (%)", "MRL")] == (NESTING, [_v(1, m, 32) for m in NESTING])
+    assert drawn[("recall@10 (%)", "MRL-E")] == (NESTING, [_v(2, m, 34) for m in NESTING])
+    assert drawn[("top1 (%)", "FF")] == ([8], [_v(4, 8, 31)])  # ff2 is not evaluated
+    assert drawn[("mAP@10 (%)", "Rand-FS")] == (NESTING, [_v(9, m, 65) for m in NESTING])
+    assert ("precision@10 (%)", "Rand-FS") not in drawn  # not evaluated for Rand-FS
+
+
+def test_commands_note_an_unrecorded_embed_command(study, tmp_path):
+    import shutil
+
+    shutil.rmtree(study / "mrle" / "embeddings")
+    write_report(collect(study), tmp_path / "out", paper_dir=None)
+    commands = (tmp_path / "out" / "commands.md").read_text()
+    mrl, mrle = commands.split("## mrl (MRL)")[1].split("## mrle (MRL-E)")
+    assert "python scripts/embed.py" in mrl and "Embed: not recorded" not in mrl
+    mrle = mrle.split("## ff")[0]
+    assert "python scripts/embed.py" not in mrle and "Embed: not recorded" in mrle
+
+
+def test_an_input_that_does_not_parse_is_a_one_line_error_naming_it(study, tmp_path):
+    def rewrite(rel, text):
+        path = study / rel
+        path.write_bytes(text if isinstance(text, bytes) else text.encode())
+        return path
+
+    retrieval = (study / "mrl" / "eval" / "retrieval.csv").read_text()
+    classification = (study / "mrle" / "eval" / "classification.csv").read_text()
+    cases = [
+        ("mrl/eval/retrieval.csv", retrieval + "16," + ",".join(["1.0"] * 11) + ",9\n",
+         "line 5 has 13 fields, the header has 12"),
+        ("mrl/metrics_by_dim.csv", b"\x89PNG\r\n\x1a\n\x00\x00",
+         "is not a CSV table ('utf-8' codec can't decode byte 0x89 in position 0: invalid start byte)"),
+        ("ff8/eval/baselines.csv", "size,svd_top1\n2,50.0\n", "has no column dim (its columns: size, svd_top1)"),
+        ("mrle/eval/classification.csv", classification.replace("\n4,", "\nfour,"),
+         "column dim holds 'four', not an integer"),
+        ("mrle/eval/adaptive_classification.csv", "", "has no header row"),
+        ("mrl/.hydra/config.yaml", "model: [1, 2\n", "is not valid YAML (while parsing a flow sequence"),
+        ("mrl/.hydra/overrides.yaml", "a: 1\n", "holds a dict, not Hydra's list of overrides"),
+    ]
+    for rel, text, problem in cases:
+        original = (study / rel).read_bytes()
+        path = rewrite(rel, text)
+        with pytest.raises(ConfigError) as info:
+            collect(study)
+        message = str(info.value)
+        assert message.startswith(f"{path}: {problem}") and "\n" not in message, message
+        assert message.endswith("; re-run the stage that wrote it, or move it aside to leave it out of the report")
+        path.write_bytes(original)
+    rewrite("mrl/eval/retrieval.csv", retrieval + "16,1.0\n")
+    out = tmp_path / "out"
+    proc = _report("--dir", str(study), "--out", str(out))
+    assert proc.returncode == 2
+    assert proc.stderr.splitlines() == [f"error: {study}/mrl/eval/retrieval.csv: line 5 has 2 fields, the header has "
+                                        "12; re-run the stage that wrote it, or move it aside to leave it out of the "
+                                        "report"]
+    assert not out.exists()
+    # a run directory's embeddings meta.json, read to tell which head the run trained
+    meta = study / "mrl" / "embeddings" / "test" / "meta.json"
+    meta.parent.mkdir(parents=True)
+    meta.write_text('{"head": "mrl", "nesting_dims": [2, 4, 8]')
+    proc = _report("--dir", str(study / "mrl"), "--out", str(out))
+    assert proc.returncode == 2 and not out.exists()
+    assert proc.stderr.splitlines() == [f"error: embeddings: {meta} is not valid JSON (Expecting ',' delimiter: "
+                                        "line 1 column 42 (char 41)); re-run scripts/embed.py for this split"]
+
+
 def test_findings_are_computed_from_the_tables(study):
     from mrl.study_report import build_tables, collect_study, findings_markdown
 
@@ -384,4 +575,14 @@ def test_digits_end_to_end_through_the_scripts(tmp_path):
     assert all(abs(evaluated[m] - trained[m]) <= 0.4 for m in trained)  # float16 embeddings: a tie may flip
     findings = (tmp_path / "report" / "findings.md").read_text()
     assert "* MRL: full size 256 alone" in findings
-    assert "scripts/train.py" in (tmp_path / "report" / "commands.md").read_text()
+    # each command as it was run, rebuilt from the records the scripts leave (embed: embeddings/hydra/.hydra)
+    commands = (tmp_path / "report" / "commands.md").read_text()
+    assert "python scripts/train.py logger=csv trainer.max_epochs=3 callbacks.progress_bar=none " \
+           f"test_checkpoint=last hydra.run.dir={run}\n" in commands
+    assert f"python scripts/embed.py ckpt_path={run}/checkpoints/last.ckpt output_dir={run}/embeddings " \
+           f"hydra.run.dir={run}/embeddings/hydra\n" in commands
+    assert (run / "eval" / "command.txt").read_text() in commands
+    # the run directory on its own: the same numbers
+    script("scripts/report.py", "--dir", str(run), "--out", str(tmp_path / "run_report"))
+    assert {r["dim"]: r["MRL"] for r in read_csv(tmp_path / "run_report" / "top1_by_size.csv")} == trained
+    assert (tmp_path / "run_report" / "commands.md").read_text().split("\n", 1)[1] == commands.split("\n", 1)[1]

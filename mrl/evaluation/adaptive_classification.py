@@ -220,6 +220,20 @@ def fixed_size_accuracy(scores: Any, labels: Any, sizes: Sequence[int], from_log
 # the protocol
 # --------------------------------------------------------------------------------------------------
 
+def check_splits(num_samples: int, holdout_fraction: Any, n_splits: Any) -> None:
+    """``holdout_fraction`` in (0, 1) leaving both parts of ``num_samples`` non-empty, ``n_splits`` an int >= 1."""
+    if isinstance(holdout_fraction, bool) or not isinstance(holdout_fraction, (int, float, np.floating)) \
+            or not 0 < holdout_fraction < 1:
+        raise ConfigError("holdout_fraction", f"must be a number in (0, 1), got {holdout_fraction!r}")
+    n_hold = int(round(holdout_fraction * num_samples))
+    if n_hold == 0 or n_hold == num_samples:
+        raise ConfigError("holdout_fraction", f"{holdout_fraction} of {num_samples} samples leaves an empty "
+                          f"{'held-out' if n_hold == 0 else 'test'} part",
+                          "use more samples or a fraction nearer 0.5")
+    if isinstance(n_splits, bool) or not isinstance(n_splits, (int, np.integer)) or n_splits < 1:
+        raise ConfigError("n_splits", f"must be an int >= 1, got {n_splits!r}")
+
+
 def _split(n: int, holdout_fraction: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     n_hold = int(round(holdout_fraction * n))
     perm = rng.permutation(n)
@@ -250,16 +264,7 @@ def adaptive_classification(scores: Any, labels: Any, sizes: Sequence[int], hold
     g, n = conf.shape
     sizes = _check_sizes(sizes, g)
     labels = _check_labels(labels, n, np.asarray(scores).shape[2])
-    if isinstance(holdout_fraction, bool) or not isinstance(holdout_fraction, (int, float, np.floating)) \
-            or not 0 < holdout_fraction < 1:
-        raise ConfigError("holdout_fraction", f"must be a number in (0, 1), got {holdout_fraction!r}")
-    n_hold = int(round(holdout_fraction * n))
-    if n_hold == 0 or n_hold == n:
-        raise ConfigError("holdout_fraction", f"{holdout_fraction} of {n} samples leaves an empty "
-                          f"{'held-out' if n_hold == 0 else 'test'} part",
-                          "use more samples or a fraction nearer 0.5")
-    if isinstance(n_splits, bool) or not isinstance(n_splits, (int, np.integer)) or n_splits < 1:
-        raise ConfigError("n_splits", f"must be an int >= 1, got {n_splits!r}")
+    check_splits(n, holdout_fraction, n_splits)
     grid = _check_grid(grid)
     correct = pred == labels[None, :]
     rng = np.random.default_rng(seed)

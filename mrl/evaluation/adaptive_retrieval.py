@@ -17,7 +17,7 @@ plain ``N * d``.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -53,8 +53,9 @@ def rerank(db_emb: Any, q_emb: Any, candidates: Any, dim: int, k: int,
     """Reorder each query's ``candidates`` by cosine similarity on the first ``dim`` coordinates.
 
     Only the candidate rows are read (gathered, cut to ``dim``, L2-normalised); the query prefix is
-    L2-normalised too. Returns the best ``k`` as ``(scores [Q, k], indices [Q, k])``. Ties keep the
-    candidates' order; padding candidates (``-1``) score ``-inf``.
+    L2-normalised too. Returns the best ``k`` as ``(scores [Q, k], indices [Q, k])``. Equal scores come in
+    increasing database index, as in :func:`~mrl.evaluation.retrieval.search`; padding candidates (``-1``)
+    score ``-inf`` and come last.
     """
     db_emb, q_emb = _check_pair(db_emb, q_emb)
     candidates = np.asarray(candidates)
@@ -82,7 +83,7 @@ def rerank(db_emb: Any, q_emb: Any, candidates: Any, dim: int, k: int,
         norms = np.sqrt(np.einsum("ckd,ckd->ck", vecs, vecs))
         scores = np.where(norms > 0, dots / np.where(norms > 0, norms, 1), 0).astype(np.float32)
         scores = np.where(valid, scores, -np.inf)
-        order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+        order = np.lexsort((cand, -scores), axis=1)[:, :k]
         scores_out[start:start + len(cand)] = np.take_along_axis(scores, order, axis=1)
         idx_out[start:start + len(cand)] = np.take_along_axis(cand, order, axis=1)
     return scores_out, idx_out
@@ -101,6 +102,29 @@ def _shortlist(db_emb: np.ndarray, q_emb: np.ndarray, dim: int, shortlist_k: int
                   ef_construction=ef_construction, device=device, normalize=False)[1]
 
 
+def check_funnel(dims: Any, shortlist_sizes: Any, k: Any, width: int,
+                 n_database: int) -> tuple[list[int], list[int], int]:
+    """``(dims, shortlist_sizes, k)`` of a funnel checked against an embedding width and a database size:
+    ``dims = [D_s, D_r1, ...]`` (at least two sizes in ``1..width``), one shortlist length per rerank size,
+    the first at most the database size, each at most the one before (a funnel only shrinks), and
+    ``k`` at most the last."""
+    if isinstance(dims, (str, bytes)) or not isinstance(dims, (Sequence, np.ndarray)) or len(dims) < 2:
+        raise ConfigError("dims", f"expected [D_s, D_r1, ...] with at least two sizes, got {dims!r}")
+    dims = [_check_dim(d, width, "dims") for d in dims]
+    if isinstance(shortlist_sizes, (str, bytes)) or not isinstance(shortlist_sizes, (Sequence, np.ndarray)):
+        raise ConfigError("shortlist_sizes", f"expected a list of ints, got {shortlist_sizes!r}")
+    sizes = list(shortlist_sizes)
+    if len(sizes) != len(dims) - 1:
+        raise ConfigError("shortlist_sizes", f"has {len(sizes)} entries but dims {dims} has "
+                          f"{len(dims) - 1} rerank sizes", "give one shortlist length per rerank size")
+    sizes[0] = _check_int(sizes[0], "shortlist_sizes", 1, n_database, f"the database size {n_database}")
+    for i in range(1, len(sizes)):
+        sizes[i] = _check_int(sizes[i], "shortlist_sizes", 1, sizes[i - 1],
+                              f"the previous shortlist length {sizes[i - 1]} (a funnel only shrinks)")
+    k = _check_int(k, "k", 1, sizes[-1], f"the last shortlist length {sizes[-1]}")
+    return dims, sizes, k
+
+
 def funnel_retrieval(db_emb: Any, q_emb: Any, dims: Sequence[int], shortlist_sizes: Sequence[int], k: int,
                      method: str = "exact", hnsw_m: int = 32, ef_search: int = 128,
                      ef_construction: int = 200, device: str = "cpu", index=None,
@@ -116,21 +140,7 @@ def funnel_retrieval(db_emb: Any, q_emb: Any, dims: Sequence[int], shortlist_siz
     """
     db_emb, q_emb = _check_pair(db_emb, q_emb)
     _check_method(method)
-    width = db_emb.shape[1]
-    if isinstance(dims, (str, bytes)) or not isinstance(dims, (Sequence, np.ndarray)) or len(dims) < 2:
-        raise ConfigError("dims", f"expected [D_s, D_r1, ...] with at least two sizes, got {dims!r}")
-    dims = [_check_dim(d, width, "dims") for d in dims]
-    if isinstance(shortlist_sizes, (str, bytes)) or not isinstance(shortlist_sizes, (Sequence, np.ndarray)):
-        raise ConfigError("shortlist_sizes", f"expected a list of ints, got {shortlist_sizes!r}")
-    sizes = list(shortlist_sizes)
-    if len(sizes) != len(dims) - 1:
-        raise ConfigError("shortlist_sizes", f"has {len(sizes)} entries but dims {dims} has "
-                          f"{len(dims) - 1} rerank sizes", "give one shortlist length per rerank size")
-    sizes[0] = _check_int(sizes[0], "shortlist_sizes", 1, len(db_emb), f"the database size {len(db_emb)}")
-    for i in range(1, len(sizes)):
-        sizes[i] = _check_int(sizes[i], "shortlist_sizes", 1, sizes[i - 1],
-                              f"the previous shortlist length {sizes[i - 1]} (a funnel only shrinks)")
-    k = _check_int(k, "k", 1, sizes[-1], f"the last shortlist length {sizes[-1]}")
+    dims, sizes, k = check_funnel(dims, shortlist_sizes, k, db_emb.shape[1], len(db_emb))
 
     candidates = _shortlist(db_emb, q_emb, dims[0], sizes[0], method, hnsw_m, ef_search, ef_construction,
                             device, index)
@@ -164,6 +174,15 @@ def adaptive_retrieval(db_emb: Any, q_emb: Any, shortlist_dim: int, rerank_dim: 
     return funnel_retrieval(db_emb, q_emb, [shortlist_dim, rerank_dim], [shortlist_k], k, method=method,
                             hnsw_m=hnsw_m, ef_search=ef_search, ef_construction=ef_construction,
                             device=device, index=index, return_scores=return_scores)
+
+
+def setting_label(row: Mapping[str, Any]) -> str:
+    """How a row of the adaptive-retrieval table searched, for a plot label: ``Ds=16 K=200 Dr=512`` (shortlist
+    ``K`` on ``D_s`` dims, rerank on ``D_r``), a funnel's stages as lists (``Ds=8 K=200,100 Dr=16,512``), and
+    ``exact d=512`` for full-width search."""
+    if str(row.get("kind", "")).startswith("exact"):
+        return f"exact d={row.get('D_s')}"
+    return f"Ds={row.get('D_s')} K={row.get('K')} Dr={row.get('D_r')}"
 
 
 def retrieval_mflops(n_database: int, shortlist_dim: int,

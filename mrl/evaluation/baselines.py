@@ -69,6 +69,16 @@ def _check_probe_inputs(train_x, train_y, test_x, test_y, num_classes):
     return train_x, train_y, test_x, test_y, num_classes
 
 
+def check_probe_settings(optimizer: Any, steps: Any, weight_decay: Any) -> dict[str, Any]:
+    """The training settings of :func:`linear_probe`, checked (``ConfigError`` naming the bad one)."""
+    if optimizer not in OPTIMIZERS:
+        raise ConfigError("optimizer", f"unknown optimizer {optimizer!r}", f"use one of {list(OPTIMIZERS)}")
+    if isinstance(weight_decay, bool) or not isinstance(weight_decay, (int, float, np.number)) \
+            or not np.isfinite(weight_decay) or weight_decay < 0:
+        raise ConfigError("weight_decay", f"must be a number >= 0, got {weight_decay!r}")
+    return {"optimizer": optimizer, "steps": _check_int(steps, "steps", 1), "weight_decay": float(weight_decay)}
+
+
 def _predict(x: np.ndarray, weight: np.ndarray, bias: np.ndarray, chunk: int = 65536) -> np.ndarray:
     out = np.empty(len(x), dtype=np.int64)
     for s in range(0, len(x), chunk):
@@ -100,14 +110,10 @@ def linear_probe(train_x: Any, train_y: Any, test_x: Any, test_y: Any, num_class
 
     train_x, train_y, test_x, test_y, num_classes = _check_probe_inputs(train_x, train_y, test_x, test_y,
                                                                          num_classes)
-    if optimizer not in OPTIMIZERS:
-        raise ConfigError("optimizer", f"unknown optimizer {optimizer!r}", f"use one of {list(OPTIMIZERS)}")
-    steps = _check_int(steps, "steps", 1)
+    steps = check_probe_settings(optimizer, steps, weight_decay)["steps"]
     chunk_size = _check_int(chunk_size, "chunk_size", 1)
     if batch_size is not None:
         batch_size = _check_int(batch_size, "batch_size", 1)
-    if not np.isfinite(weight_decay) or weight_decay < 0:
-        raise ConfigError("weight_decay", f"must be >= 0, got {weight_decay}")
 
     n_rows, width = train_x.shape
     mean = np.zeros(width)

@@ -15,7 +15,7 @@ Accuracies here are percentages (like the training run's ``metrics_by_dim``).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -24,8 +24,7 @@ import numpy as np
 from mrl.checkpoint import read_checkpoint
 from mrl.errors import ConfigError
 from mrl.evaluation.retrieval import _as_2d, _as_labels, search
-
-HEAD_TYPES = ("mrl", "mrle", "ff")
+from mrl.embeddings import HEAD_TYPES, load_split
 STATE_PREFIX = "model.head."
 
 
@@ -225,7 +224,7 @@ def _head_parts(head: Any) -> tuple[str, list[int], Any]:
 
 
 def _split(split: Any):
-    from mrl.embeddings import EmbeddingSplit, load_split
+    from mrl.embeddings import EmbeddingSplit
 
     if split is None or isinstance(split, EmbeddingSplit):
         return split
@@ -233,14 +232,16 @@ def _split(split: Any):
 
 
 def classification_sweep(train_split: Any, test_split: Any, head: Any, dims: Any = "nesting", knn: bool = True,
-                         ks: Sequence[int] = (1, 5), class_mask: Any = None) -> list[dict[str, Any]]:
+                         ks: Sequence[int] = (1, 5), class_mask: Any = None,
+                         progress: Callable[[int], None] | None = None) -> list[dict[str, Any]]:
     """Linear and 1-NN accuracy (percent) of ``test_split`` at each size in ``dims``.
 
     ``train_split``/``test_split``: :class:`~mrl.embeddings.EmbeddingSplit` or their folders (the train
     split is the k-NN database; it may be None with ``knn=False``). ``head``: :func:`load_head`'s result
     or a head module. ``dims``: ``"nesting"``, ``"all"`` or a list (:func:`resolve_dims`).
 
-    Rows: ``{"dim", "trained" (dim is a trained size), "top1", "top5", "knn_top1"}``.
+    Rows: ``{"dim", "trained" (dim is a trained size), "top1", "top5", "knn_top1"}``. ``progress(dim)`` is
+    called as each size is done.
     """
     head_type, nesting_dims, state = _head_parts(head)
     test = _split(test_split)
@@ -267,4 +268,6 @@ def classification_sweep(train_split: Any, test_split: Any, head: Any, dims: Any
         if knn:
             row["knn_top1"] = knn_accuracy(train.embeddings, train.labels, test.embeddings, test.labels, dim)
         rows.append(row)
+        if progress is not None:
+            progress(dim)
     return rows

@@ -4,14 +4,19 @@ Everything here is a pure function over numpy arrays. Similarity is cosine: each
 L2-normalised and compared by inner product (the same ranking as L2 distance between normalised
 vectors, which is what the paper's ``exactl2`` faiss index computes).
 
+Ties: among database rows with equal scores, the lower database index comes first, in every backend
+(faiss exact and HNSW, and torch on a GPU), so a result does not depend on which library or machine
+ranked it (:func:`search_index`, :func:`_torch_exact_search`).
+
 Metrics are fractions in ``[0, 1]`` (not percent).
 """
 
 from __future__ import annotations
 
+import logging
 import time
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -20,6 +25,7 @@ from mrl.errors import ConfigError
 
 DEFAULT_KS = (10, 25, 50, 100)
 METHODS = ("exact", "hnsw")
+DEVICES = ("cpu", "cuda")  # cuda may name a device: cuda:1
 
 
 # --------------------------------------------------------------------------------------------------
@@ -88,6 +94,27 @@ def _check_method(method: str) -> str:
     return method
 
 
+def check_search_settings(method: Any = "exact", hnsw_m: Any = 32, ef_search: Any = 128, ef_construction: Any = 200,
+                          device: Any = "cpu") -> dict[str, Any]:
+    """The search settings of :func:`search` checked together (``ConfigError`` naming the bad one), whether or
+    not the chosen method uses them, so a typo is caught before any search runs."""
+    _check_method(method)
+    if not isinstance(device, str) or device.split(":")[0] not in DEVICES:
+        raise ConfigError("device", f"unknown device {device!r}", "use cpu or cuda (cuda:N for another GPU)")
+    return {"method": method, "hnsw_m": _check_int(hnsw_m, "hnsw_m", 2),
+            "ef_search": _check_int(ef_search, "ef_search", 1),
+            "ef_construction": _check_int(ef_construction, "ef_construction", 1), "device": device}
+
+
+def import_faiss():
+    """faiss, without the INFO lines its loader logs about which optional instruction-set build it found
+    (Hydra's logging shows INFO records, and they say nothing about the results)."""
+    logging.getLogger("faiss.loader").setLevel(logging.WARNING)
+    import faiss
+
+    return faiss
+
+
 # --------------------------------------------------------------------------------------------------
 # normalisation and search
 # --------------------------------------------------------------------------------------------------
@@ -118,8 +145,7 @@ def build_index(database: Any, method: str = "exact", hnsw_m: int = 32, ef_const
     ``exact``: ``IndexFlatIP``; ``hnsw``: ``IndexHNSWFlat(d, hnsw_m, METRIC_INNER_PRODUCT)`` with
     ``efConstruction = ef_construction``.
     """
-    import faiss
-
+    faiss = import_faiss()
     _check_method(method)
     database = np.ascontiguousarray(_as_2d(database, "database"), dtype=np.float32)
     d = database.shape[1]
@@ -134,41 +160,86 @@ def build_index(database: Any, method: str = "exact", hnsw_m: int = 32, ef_const
     return index
 
 
+def _top_k_ties_by_index(run: Callable[[Any, int], tuple[np.ndarray, np.ndarray]], num_queries: int, k: int,
+                         num_database: int) -> tuple[np.ndarray, np.ndarray]:
+    """The ``k`` best of each query, best first, equal scores in increasing database index.
+
+    ``run(rows, length)`` returns the ``length`` best ``(scores, indices)`` of the queries ``rows`` (a slice or
+    an index array), best first in any order among equal scores (padding: index -1, score -inf). A backend
+    keeps an arbitrary subset of the items tied at its cut-off, so each query is searched one item deeper than
+    ``k``; a query whose last item still ties with its k-th may have more of that score beyond the list and is
+    searched again with a list twice as long, until the list ends on a lower score or holds the whole database.
+    Then every list is sorted by (score descending, index ascending).
+    """
+    scores_out = np.empty((num_queries, k), dtype=np.float32)
+    idx_out = np.empty((num_queries, k), dtype=np.int64)
+    pending: Any = slice(None)
+    todo = np.arange(num_queries)
+    length = min(k + 1, num_database)
+    while True:
+        scores, indices = run(pending, length)
+        if length < num_database:
+            open_ = (scores[:, -1] >= scores[:, k - 1]) & np.isfinite(scores[:, k - 1])
+        else:
+            open_ = np.zeros(len(scores), dtype=bool)
+        done = ~open_
+        order = np.lexsort((indices[done], -scores[done]), axis=1)[:, :k]
+        scores_out[todo[done]] = np.take_along_axis(scores[done], order, axis=1)
+        idx_out[todo[done]] = np.take_along_axis(indices[done], order, axis=1)
+        if not open_.any():
+            return scores_out, idx_out
+        todo = todo[open_]
+        pending = todo
+        length = min(2 * length, num_database)
+
+
 def search_index(index, queries: Any, k: int, ef_search: int = 128) -> tuple[np.ndarray, np.ndarray]:
     """Search a :func:`build_index` index: ``(scores [Q, k] float32, indices [Q, k] int64)``.
 
-    Scores are inner products, best first. For HNSW the search beam is ``max(ef_search, k)``;
-    an HNSW search that finds fewer than ``k`` items pads with index ``-1`` and score ``-inf``.
+    Scores are inner products, best first; equal scores in increasing database index. For HNSW the search
+    beam is at least ``max(ef_search, k)``; an HNSW search that finds fewer than ``k`` items pads with index
+    ``-1`` and score ``-inf``.
     """
     queries = np.ascontiguousarray(_as_2d(queries, "queries"), dtype=np.float32)
     if queries.shape[1] != index.d:
         raise ConfigError("queries", f"have width {queries.shape[1]} but the database has width {index.d}",
                           "search with the same prefix size on both sides")
     k = _check_int(k, "k", 1, index.ntotal, f"the database size {index.ntotal}")
-    if hasattr(index, "hnsw"):
+    hnsw = hasattr(index, "hnsw")
+    if hnsw:
         _check_int(ef_search, "ef_search", 1)
-        index.hnsw.efSearch = max(int(ef_search), k)
-    scores, indices = index.search(queries, k)
-    scores = np.where(indices < 0, -np.inf, scores).astype(np.float32)
-    return scores, indices.astype(np.int64, copy=False)
+
+    def run(rows, length: int) -> tuple[np.ndarray, np.ndarray]:
+        if hnsw:
+            index.hnsw.efSearch = max(int(ef_search), length)
+        scores, indices = index.search(queries[rows], length)
+        return np.where(indices < 0, -np.inf, scores).astype(np.float32), indices.astype(np.int64, copy=False)
+
+    return _top_k_ties_by_index(run, len(queries), k, index.ntotal)
 
 
 def _torch_exact_search(database: np.ndarray, queries: np.ndarray, k: int, device: str,
                         query_chunk: int = 4096) -> tuple[np.ndarray, np.ndarray]:
-    """Exact inner-product top-k with torch (matmul + topk), chunked over queries."""
+    """Exact inner-product top-k with torch (matmul + topk), chunked over queries; equal scores in
+    increasing database index (``topk`` itself leaves their order open)."""
     import torch
 
     db = torch.from_numpy(np.ascontiguousarray(database, dtype=np.float32)).to(device)
-    scores_out = np.empty((len(queries), k), dtype=np.float32)
-    idx_out = np.empty((len(queries), k), dtype=np.int64)
-    with torch.no_grad():
-        for start in range(0, len(queries), query_chunk):
-            q = torch.from_numpy(np.ascontiguousarray(queries[start:start + query_chunk],
+
+    def run(rows, length: int) -> tuple[np.ndarray, np.ndarray]:
+        selected = queries[rows]
+        scores_out = np.empty((len(selected), length), dtype=np.float32)
+        idx_out = np.empty((len(selected), length), dtype=np.int64)
+        for start in range(0, len(selected), query_chunk):
+            q = torch.from_numpy(np.ascontiguousarray(selected[start:start + query_chunk],
                                                       dtype=np.float32)).to(device)
-            top = (q @ db.T).topk(k, dim=1, largest=True, sorted=True)
+            top = (q @ db.T).topk(length, dim=1, largest=True, sorted=True)
             scores_out[start:start + len(q)] = top.values.cpu().numpy()
             idx_out[start:start + len(q)] = top.indices.cpu().numpy()
-    return scores_out, idx_out
+        return scores_out, idx_out
+
+    with torch.no_grad():
+        return _top_k_ties_by_index(run, len(queries), k, len(database))
 
 
 def search(database: Any, queries: Any, k: int, method: str = "exact", hnsw_m: int = 32,
@@ -186,9 +257,9 @@ def search(database: Any, queries: Any, k: int, method: str = "exact", hnsw_m: i
       of ``query_chunk`` queries. Without a GPU it warns and uses faiss on the CPU. HNSW always runs on
       the CPU (faiss-cpu).
 
-    Ties in score are ordered however faiss/torch order them (not necessarily by index).
+    Equal scores come in increasing database index, whichever backend ranked them.
     """
-    _check_method(method)
+    check_search_settings(method, hnsw_m, ef_search, ef_construction, device)
     database = _as_2d(database, "database")
     queries = _as_2d(queries, "queries")
     if queries.shape[1] != database.shape[1]:
@@ -198,11 +269,11 @@ def search(database: Any, queries: Any, k: int, method: str = "exact", hnsw_m: i
     if normalize:
         database = l2_normalize_prefix(database, field="database")
         queries = l2_normalize_prefix(queries, field="queries")
-    if str(device).startswith("cuda") and method == "exact":
+    if device.startswith("cuda") and method == "exact":
         import torch
 
         if torch.cuda.is_available():
-            return _torch_exact_search(database, queries, k, str(device), query_chunk)
+            return _torch_exact_search(database, queries, k, device, query_chunk)
         warnings.warn(f"device={device!r} but torch.cuda.is_available() is False; "
                       "searching on the CPU with faiss", stacklevel=2)
     index = build_index(database, method, hnsw_m, ef_construction)
@@ -240,6 +311,8 @@ def _relevant_counts(query_labels: np.ndarray, database_class_counts: Any) -> np
 def _check_ks(ks: Any, max_k: int, field: str = "ks", what: str | None = None) -> list[int]:
     if isinstance(ks, (int, np.integer)) and not isinstance(ks, bool):
         ks = [ks]
+    if isinstance(ks, (str, bytes)) or not isinstance(ks, (Sequence, np.ndarray)):
+        raise ConfigError(field, f"expected a list of ints, got {ks!r}")
     ks = list(ks)
     if not ks:
         raise ConfigError(field, "is empty", "give at least one k, e.g. ks=[10]")
@@ -310,15 +383,15 @@ def labels_of(indices: np.ndarray, database_labels: np.ndarray) -> np.ndarray:
 
 def evaluate_retrieval(db_emb: Any, db_labels: Any, q_emb: Any, q_labels: Any, dims: Sequence[int],
                        ks: Sequence[int] = DEFAULT_KS, method: str = "exact", hnsw_m: int = 32,
-                       ef_search: int = 128, ef_construction: int = 200,
-                       device: str = "cpu") -> list[dict[str, float]]:
+                       ef_search: int = 128, ef_construction: int = 200, device: str = "cpu",
+                       progress: Callable[[int], None] | None = None) -> list[dict[str, float]]:
     """Retrieval metrics at each prefix size: one search per size with ``max(ks)`` neighbours.
 
     For each ``dim`` the database and queries are cut to their first ``dim`` coordinates and
     L2-normalised, searched with :func:`search`, and scored with :func:`retrieval_metrics`. Returns one
     row per dim: ``{"dim", "top1", "map@k", "precision@k", "recall@k", "hit@k", ...,
     "index_seconds", "search_seconds"}`` (index build and query wall-clock, normalisation excluded;
-    on the torch/GPU path everything counts as search).
+    on the torch/GPU path everything counts as search). ``progress(dim)`` is called as each size is done.
     """
     db_emb = _as_2d(db_emb, "db_emb")
     q_emb = _as_2d(q_emb, "q_emb")
@@ -329,17 +402,17 @@ def evaluate_retrieval(db_emb: Any, db_labels: Any, q_emb: Any, q_labels: Any, d
                           "embed queries and database with the same model")
     dims = _check_dims(dims, db_emb.shape[1])
     ks = _check_ks(ks, len(db_emb), what=f"the database size {len(db_emb)}")
-    _check_method(method)
+    check_search_settings(method, hnsw_m, ef_search, ef_construction, device)
     kmax = max(ks)
     counts = class_counts(db_labels)
-    if str(device).startswith("cuda") and method == "exact" and not _cuda_available():
+    use_torch = device.startswith("cuda") and method == "exact" and _cuda_available()
+    if device.startswith("cuda") and method == "exact" and not use_torch:
         warnings.warn(f"device={device!r} but torch.cuda.is_available() is False; "
                       "searching on the CPU with faiss", stacklevel=2)
     rows = []
     for dim in dims:
         db = l2_normalize_prefix(db_emb, dim, field="db_emb")
         q = l2_normalize_prefix(q_emb, dim, field="q_emb")
-        use_torch = str(device).startswith("cuda") and method == "exact" and _cuda_available()
         t0 = time.perf_counter()
         if use_torch:
             index_seconds = 0.0
@@ -355,6 +428,8 @@ def evaluate_retrieval(db_emb: Any, db_labels: Any, q_emb: Any, q_labels: Any, d
         row["index_seconds"] = index_seconds
         row["search_seconds"] = search_seconds
         rows.append(row)
+        if progress is not None:
+            progress(dim)
     return rows
 
 

@@ -175,8 +175,9 @@ def robustness_sweep(split: Any, head: Any, dims: Any = "nesting", ks: Sequence[
                      dataset_name: str | None = None) -> list[dict[str, Any]]:
     """Linear top-1/top-5 (percent) of an embedded robustness set at each size, with the ImageNet-A/-R
     class mask. ``dataset_name`` defaults to the split's ``meta.json`` ``robustness_set``."""
-    from mrl.embeddings import EmbeddingSplit, load_split
+    from mrl.embeddings import EmbeddingSplit
     from mrl.evaluation.classification import classification_sweep
+    from mrl.embeddings import load_split
 
     split = split if isinstance(split, EmbeddingSplit) else load_split(split)
     name = normalize_name(dataset_name or split.meta.get("robustness_set") or "")

@@ -18,24 +18,31 @@ Evaluators (``evaluators``):
 * ``robustness``: linear top-1/top-5 of embedded robustness sets (``robustness: {name: folder}``, made
   by :func:`mrl.evaluation.robustness.embed_robustness_set`), ImageNet-A/-R masked to their 200 classes.
 
-Each writes ``<output_dir>/<evaluator>.{csv,md,json}`` (and ``.png`` for curves) atomically, next to
-``eval_config.yaml`` (the full configuration) and ``command.txt``. All accuracies and retrieval metrics
-in the tables are percentages.
+Every setting of every selected evaluator is checked before anything is written, so a bad one stops the run
+with a one-line :class:`~mrl.errors.ConfigError` and an untouched ``output_dir``. Each evaluator then writes
+``<output_dir>/<evaluator>.{csv,md,json,png}`` atomically, next to ``eval_config.yaml`` (the full
+configuration) and ``command.txt``, and logs its progress (each evaluator, each size) at INFO level to the
+``mrl.evaluation.run`` logger (Hydra shows it on the console and in ``eval.log``). All accuracies and
+retrieval metrics in the tables are percentages.
 """
 
 from __future__ import annotations
 
 import copy
+import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from mrl.errors import ConfigError
+from mrl.evaluation.retrieval import _check_int, _check_ks, check_search_settings
 from mrl.nesting import MIN_AUTO_DIM
 from mrl.reporting import atomic_write_text, new_figure, save_figure, write_table
+
+log = logging.getLogger(__name__)
 
 EVALUATORS = ("classification", "adaptive_classification", "retrieval", "adaptive_retrieval", "baselines",
               "robustness")
@@ -121,19 +128,186 @@ def resolve_config(cfg: Mapping[str, Any] | None = None, **overrides: Any) -> di
 
 
 class _Section:
-    """Re-raise a library ConfigError about one of this evaluator's settings under ``<evaluator>.<field>``."""
+    """Re-raise a library ConfigError about one of ``fields`` as ``<prefix>.<setting>``, the setting's name in
+    the eval config (``renamed`` maps a library argument to a setting of another name)."""
 
-    def __init__(self, name: str, settings: Mapping[str, Any]):
-        self.name, self.settings = name, settings
+    def __init__(self, prefix: str, fields: Collection[str], renamed: Mapping[str, str] | None = None):
+        self.prefix, self.names = prefix, {**{f: f for f in fields}, **(renamed or {})}
 
     def __enter__(self):
         return self
 
     def __exit__(self, exc_type, exc, tb):
-        if isinstance(exc, ConfigError) and exc.field in self.settings:
+        if isinstance(exc, ConfigError) and exc.field in self.names:
             rest = str(exc)[len(exc.field) + 2:]
-            raise ConfigError(f"{self.name}.{exc.field}", rest) from None
+            raise ConfigError(f"{self.prefix}.{self.names[exc.field]}", rest) from None
         return False
+
+
+# --------------------------------------------------------------------------------------------------
+# settings: every evaluator's, checked before any evaluator writes
+# --------------------------------------------------------------------------------------------------
+
+def _check_bool(value: Any, field: str) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigError(field, f"must be true or false, got {value!r}")
+    return value
+
+
+def _int_list(value: Any, field: str) -> list[int]:
+    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+        value = [value]
+    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence) or not value:
+        raise ConfigError(field, f"expected a non-empty list of ints, got {value!r}")
+    for v in value:
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
+            raise ConfigError(field, f"expected positive ints, got {v!r} in {list(value)}")
+    return [int(v) for v in value]
+
+
+def _sizes(value: Any, field: str, width: int) -> list[int]:
+    sizes = _int_list(value, field)
+    if max(sizes) > width:
+        raise ConfigError(field, f"size {max(sizes)} is larger than the embedding width {width}",
+                          f"use sizes <= {width}")
+    return sizes
+
+
+def _plan_classification(ctx: dict, cfg: dict) -> dict[str, Any]:
+    s, classes = cfg["classification"], ctx["num_classes"]
+    return {"knn": _check_bool(s["knn"], "classification.knn"),
+            "ks": _check_ks(s["ks"], classes, "classification.ks", f"the {classes} classes")}
+
+
+def _plan_adaptive_classification(ctx: dict, cfg: dict) -> dict[str, Any]:
+    from mrl.evaluation.adaptive_classification import check_splits
+
+    sec = "adaptive_classification"
+    s, sizes = cfg[sec], ctx["nesting_dims"]
+    with _Section(sec, s):
+        check_splits(len(ctx["test"].labels), s["holdout_fraction"], s["n_splits"])
+    caps = None if s["caps"] is None else _int_list(s["caps"], f"{sec}.caps")
+    bad = [c for c in caps or [] if c not in sizes]
+    if bad:
+        raise ConfigError(f"{sec}.caps", f"{bad} are not trained sizes {sizes}", "use trained sizes, or null for all")
+    return {"caps": caps, "holdout_fraction": s["holdout_fraction"], "n_splits": s["n_splits"],
+            "seed": _check_int(s["seed"], f"{sec}.seed", 0),
+            "grid_points": _check_int(s["grid_points"], f"{sec}.grid_points", 2)}
+
+
+def _plan_retrieval(ctx: dict, cfg: dict) -> dict[str, Any]:
+    s, n = cfg["retrieval"], len(ctx["train"].labels)
+    with _Section("retrieval", s):
+        search = check_search_settings(s["method"], s["hnsw_m"], s["ef_search"], s["ef_construction"], s["device"])
+    return {"ks": _check_ks(s["ks"], n, "retrieval.ks", f"the database size {n}"), **search}
+
+
+def _auto_funnel(nesting_dims: Sequence[int], width: int, n: int, k: int) -> dict[str, list[int]] | None:
+    # From 8 dims up, as the paper's lists: a 1-4 dim normalised prefix is little more than a sign pattern.
+    small = [d for d in nesting_dims if MIN_AUTO_DIM <= d < width][:len(AUTO_FUNNEL_SHORTLISTS)]
+    dims = small + [width]
+    if len(dims) < 2:
+        return None
+    sizes = [min(max(s, k), n) for s in AUTO_FUNNEL_SHORTLISTS[:len(dims) - 1]]
+    return {"dims": dims, "shortlist_sizes": sizes}
+
+
+def _plan_adaptive_retrieval(ctx: dict, cfg: dict) -> dict[str, Any]:
+    from mrl.evaluation.adaptive_retrieval import check_funnel
+
+    sec = "adaptive_retrieval"
+    s, train, nesting = cfg[sec], ctx["train"], ctx["nesting_dims"]
+    n, width = len(train.labels), train.width
+    k = _check_int(s["k"], f"{sec}.k", 1, n, f"the database size {n}")
+    shortlist_dims = (_sizes(s["shortlist_dims"], f"{sec}.shortlist_dims", width) if s["shortlist_dims"] is not None
+                      else [d for d in nesting if d < width] or [nesting[0]])
+    rerank_dims = _sizes(s["rerank_dims"], f"{sec}.rerank_dims", width) if s["rerank_dims"] is not None else [width]
+    shortlist_ks = _int_list(s["shortlist_ks"], f"{sec}.shortlist_ks")
+    for kk in shortlist_ks:
+        if not k <= kk <= n:
+            raise ConfigError(f"{sec}.shortlist_ks", f"K={kk} must lie between k={k} and the database size {n}")
+    with _Section(sec, s):
+        search = check_search_settings(s["method"], s["hnsw_m"], s["ef_search"], s["ef_construction"])
+    funnels = s["funnels"]
+    if funnels == "auto":
+        auto = _auto_funnel(nesting, width, n, k)
+        funnels = [auto] if auto else []
+    elif funnels is None:
+        funnels = []
+    if not isinstance(funnels, Sequence) or isinstance(funnels, (str, bytes)):
+        raise ConfigError(f"{sec}.funnels", f"expected auto, null or a list of {{dims, shortlist_sizes}}, "
+                          f"got {funnels!r}")
+    checked = []
+    for i, f in enumerate(funnels):
+        if not isinstance(f, Mapping) or set(f) != {"dims", "shortlist_sizes"}:
+            raise ConfigError(f"{sec}.funnels", f"each funnel needs exactly dims and shortlist_sizes, got {f!r}",
+                              "e.g. {dims: [8, 16, 32, 2048], shortlist_sizes: [200, 50, 10]}")
+        with _Section(f"{sec}.funnels[{i}]", ("dims", "shortlist_sizes", "k")):
+            dims, sizes, _ = check_funnel(f["dims"], f["shortlist_sizes"], k, width, n)
+        checked.append({"dims": dims, "shortlist_sizes": sizes})
+    return {"k": k, "repeats": _check_int(s["repeats"], f"{sec}.repeats", 1), "shortlist_dims": shortlist_dims,
+            "rerank_dims": rerank_dims, "shortlist_ks": shortlist_ks, "funnels": checked, **search}
+
+
+def _check_baselines(ctx: dict) -> None:
+    width, head_type, nesting = ctx["test"].width, ctx["head_type"], ctx["nesting_dims"]
+    if head_type != "ff" or nesting != [width]:
+        what = f"FF-{nesting[0]}" if head_type == "ff" else f"an '{head_type}' model"
+        raise ConfigError("evaluators", f"baselines need an FF model at full width (FF-{width}), this checkpoint is "
+                          f"{what}", f"drop baselines from evaluators, or evaluate an FF-{width} checkpoint "
+                          f"(model.head=ff model.nesting_dims=[{width}])")
+
+
+def _plan_baselines(ctx: dict, cfg: dict) -> dict[str, Any]:
+    from mrl.evaluation.baselines import check_probe_settings
+    from mrl.nesting import auto_nesting_dims
+
+    _check_baselines(ctx)
+    sec = "baselines"
+    s, width, n = cfg[sec], ctx["test"].width, len(ctx["train"].labels)
+    dims = auto_nesting_dims(width) if s["dims"] == "auto" else _sizes(s["dims"], f"{sec}.dims", width)
+    methods = [s["methods"]] if isinstance(s["methods"], str) else list(s["methods"] or [])
+    unknown = [m for m in methods if m not in BASELINE_METHODS]
+    if unknown or not methods:
+        raise ConfigError(f"{sec}.methods", f"unknown method(s) {unknown}", f"choose from {list(BASELINE_METHODS)}")
+    with _Section(sec, (), {"optimizer": "probe_optimizer", "steps": "probe_steps", "weight_decay": "weight_decay"}):
+        probe = check_probe_settings(s["probe_optimizer"], s["probe_steps"], s["weight_decay"])
+    return {"dims": dims, "methods": methods, "center": _check_bool(s["center"], f"{sec}.center"),
+            "seed": _check_int(s["seed"], f"{sec}.seed", 0), "probe": probe,
+            "ks": _check_ks(s["ks"], n, f"{sec}.ks", f"the database size {n}")}
+
+
+def _plan_robustness(ctx: dict, cfg: dict) -> dict[str, Any]:
+    from mrl.evaluation.robustness import normalize_name, robustness_class_mask, shipped_wnids
+    from mrl.embeddings import load_split
+
+    sets = cfg["robustness"]
+    if not sets:
+        raise ConfigError("robustness", "names no embedded robustness set",
+                          "give robustness={imagenet-a: /path/to/embeddings/imagenet-a, ...} "
+                          "(made by mrl.evaluation.robustness.embed_robustness_set)")
+    test = ctx["test"]
+    splits, ks = {}, {}
+    for name, folder in sets.items():
+        with _Section("robustness", ("dataset",)):
+            canonical = normalize_name(name)
+        split = load_split(folder)
+        if split.meta.get("checkpoint") and test.meta.get("checkpoint") and \
+                split.meta["checkpoint"] != test.meta["checkpoint"]:
+            raise ConfigError(f"robustness.{name}", f"{folder} was embedded with {split.meta['checkpoint']}, not "
+                              f"{test.meta['checkpoint']}", "embed it with the evaluated checkpoint")
+        if split.width != test.width or split.meta["num_classes"] != ctx["num_classes"]:
+            raise ConfigError(f"robustness.{name}", f"{folder} has width {split.width} and {split.meta['num_classes']} "
+                              f"classes, the evaluated embeddings {test.width} and {ctx['num_classes']}",
+                              "embed it with the evaluated checkpoint")
+        subset = shipped_wnids(canonical)
+        if subset is not None:  # the class mask needs the checkpoint's class names
+            robustness_class_mask(canonical, split.meta.get("class_names"), subset)
+        classes = ctx["num_classes"] if subset is None else len(subset)
+        ks[canonical] = _check_ks(cfg["classification"]["ks"], classes, "classification.ks",
+                                  f"the {classes} classes of {canonical}")
+        splits[canonical] = split
+    return {"splits": splits, "ks": ks}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -159,17 +333,31 @@ def _pct(row: Mapping[str, Any], keys: Sequence[str]) -> dict[str, Any]:
     return {k: 100.0 * float(row[k]) for k in keys}
 
 
+def _progress(name: str, total: int) -> Callable[[int | str], None]:
+    """A callback logging each finished step of evaluator ``name`` with its time, e.g. ``retrieval: size 64 done
+    (3/10, 1.2 s)``; an int step is a representation size."""
+    count, last = 0, time.perf_counter()
+
+    def report(step: int | str) -> None:
+        nonlocal count, last
+        count += 1
+        now = time.perf_counter()
+        what = f"size {step}" if isinstance(step, (int, np.integer)) else step
+        log.info("%s: %s done (%d/%d, %.1f s)", name, what, count, total, now - last)
+        last = now
+
+    return report
+
+
 # --------------------------------------------------------------------------------------------------
-# evaluators
+# evaluators: run(ctx, plan, out) with the plan of settings checked above
 # --------------------------------------------------------------------------------------------------
 
-def _run_classification(ctx: dict, cfg: dict, out: Path) -> list[dict]:
+def _run_classification(ctx: dict, plan: dict, out: Path) -> list[dict]:
     from mrl.evaluation.classification import classification_sweep
 
-    s = cfg["classification"]
-    with _Section("classification", s):
-        rows = classification_sweep(ctx["train"] if s["knn"] else None, ctx["test"], ctx["head"], ctx["dims"],
-                                    knn=bool(s["knn"]), ks=list(s["ks"]))
+    rows = classification_sweep(ctx["train"] if plan["knn"] else None, ctx["test"], ctx["head"], ctx["dims"],
+                                knn=plan["knn"], ks=plan["ks"], progress=_progress("classification", len(ctx["dims"])))
     # the stored per-size logits, at trained sizes: a check of the embeddings against the checkpoint
     test, dims = ctx["test"], ctx["nesting_dims"]
     for row in rows:
@@ -182,34 +370,24 @@ def _run_classification(ctx: dict, cfg: dict, out: Path) -> list[dict]:
                  "logits_top1: argmax of the stored per-size logits (trained sizes only)."])
     dims_x = [r["dim"] for r in rows]
     series = {"linear top-1": (dims_x, [r["top1"] for r in rows])}
-    if s["knn"]:
+    if plan["knn"]:
         series["1-NN top-1"] = (dims_x, [r["knn_top1"] for r in rows])
     _plot(out / "classification.png", series, f"Classification, {ctx['label']}", "representation size",
           "top-1 accuracy (%)", markers=len(rows) <= 32)
     return rows
 
 
-def _run_adaptive_classification(ctx: dict, cfg: dict, out: Path) -> list[dict]:
+def _run_adaptive_classification(ctx: dict, plan: dict, out: Path) -> list[dict]:
     from mrl.evaluation.adaptive_classification import (adaptive_classification, fixed_size_accuracy,
                                                         plot_adaptive_classification)
 
-    s = cfg["adaptive_classification"]
     test, sizes = ctx["test"], ctx["nesting_dims"]
-    with _Section("adaptive_classification", s):
-        points = s["grid_points"]
-        if isinstance(points, bool) or not isinstance(points, int) or points < 2:
-            raise ConfigError("grid_points", f"must be an int >= 2, got {points!r}")
-        rows = adaptive_classification(test.logits, test.labels, sizes, holdout_fraction=s["holdout_fraction"],
-                                       n_splits=s["n_splits"], grid=np.linspace(0.0, 1.0, points), seed=s["seed"])
-        fixed = fixed_size_accuracy(test.logits, test.labels, sizes)
-    caps = s["caps"]
-    if caps is not None:
-        caps = [caps] if isinstance(caps, int) else list(caps)
-        bad = [c for c in caps if c not in sizes]
-        if bad:
-            raise ConfigError("adaptive_classification.caps", f"{bad} are not trained sizes {sizes}",
-                              "use trained sizes, or null for all")
-        rows = [r for r in rows if r["cap"] in caps]
+    rows = adaptive_classification(test.logits, test.labels, sizes, holdout_fraction=plan["holdout_fraction"],
+                                   n_splits=plan["n_splits"], grid=np.linspace(0.0, 1.0, plan["grid_points"]),
+                                   seed=plan["seed"])
+    fixed = fixed_size_accuracy(test.logits, test.labels, sizes)
+    if plan["caps"] is not None:
+        rows = [r for r in rows if r["cap"] in plan["caps"]]
     fixed_by_dim = {r["dim"]: r["accuracy"] for r in fixed}
     table = []
     for r in rows:
@@ -220,7 +398,7 @@ def _run_adaptive_classification(ctx: dict, cfg: dict, out: Path) -> list[dict]:
                       "thresholds": r["thresholds"], "size_fractions": r["size_fractions"]})
     write_table(table, out, "adaptive_classification",
                 f"Adaptive classification (%), {ctx['label']}",
-                [f"mean over {s['n_splits']} random splits, {s['holdout_fraction']:g} of the test set held out "
+                [f"mean over {plan['n_splits']} random splits, {plan['holdout_fraction']:g} of the test set held out "
                  "to pick thresholds; cap: the largest size the cascade may use; fixed_accuracy: that size alone; "
                  "thresholds/size_fractions: per size up to the cap."])
     plot_adaptive_classification(rows, fixed, out / "adaptive_classification.png",
@@ -228,51 +406,30 @@ def _run_adaptive_classification(ctx: dict, cfg: dict, out: Path) -> list[dict]:
     return table
 
 
-def _run_retrieval(ctx: dict, cfg: dict, out: Path) -> list[dict]:
+def _run_retrieval(ctx: dict, plan: dict, out: Path) -> list[dict]:
     from mrl.evaluation.retrieval import evaluate_retrieval
 
-    s = cfg["retrieval"]
     train, test = ctx["train"], ctx["test"]
-    with _Section("retrieval", s):
-        rows = evaluate_retrieval(train.embeddings, train.labels, test.embeddings, test.labels, ctx["dims"],
-                                  ks=list(s["ks"]), method=s["method"], hnsw_m=s["hnsw_m"], ef_search=s["ef_search"],
-                                  ef_construction=s["ef_construction"], device=s["device"])
+    rows = evaluate_retrieval(train.embeddings, train.labels, test.embeddings, test.labels, ctx["dims"],
+                              ks=plan["ks"], method=plan["method"], hnsw_m=plan["hnsw_m"], ef_search=plan["ef_search"],
+                              ef_construction=plan["ef_construction"], device=plan["device"],
+                              progress=_progress("retrieval", len(ctx["dims"])))
     table = []
     for r in rows:
         metrics = [k for k in r if k not in ("dim", "index_seconds", "search_seconds")]
         table.append({"dim": r["dim"], **_pct(r, metrics), "index_seconds": r["index_seconds"],
                       "search_seconds": r["search_seconds"]})
-    k0 = min(s["ks"])
+    k0 = min(plan["ks"])
     write_table(table, out, "retrieval", f"Retrieval (%), {ctx['label']}",
                 [f"database: train ({len(train.labels)} items), queries: test ({len(test.labels)}); "
-                 f"{s['method']} cosine search on the L2-normalised size-d prefix; map@k as in the paper "
-                 "(divided by k); recall@k over the database items of the query's class; top1: 1-NN accuracy."])
+                 f"{plan['method']} cosine search on the L2-normalised size-d prefix (equal scores in database order); "
+                 "map@k as in the paper (divided by k); recall@k over the database items of the query's class; "
+                 "top1: 1-NN accuracy."])
     dims_x = [r["dim"] for r in table]
     _plot(out / "retrieval.png", {f"mAP@{k0}": (dims_x, [r[f"map@{k0}"] for r in table]),
                                   "top-1": (dims_x, [r["top1"] for r in table])},
           f"Retrieval, {ctx['label']}", "representation size", "%", markers=len(table) <= 32)
     return table
-
-
-def _int_list(value: Any, field: str) -> list[int]:
-    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
-        value = [value]
-    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence) or not value:
-        raise ConfigError(field, f"expected a non-empty list of ints, got {value!r}")
-    for v in value:
-        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
-            raise ConfigError(field, f"expected positive ints, got {v!r} in {list(value)}")
-    return [int(v) for v in value]
-
-
-def _auto_funnel(nesting_dims: Sequence[int], width: int, n: int, k: int) -> dict[str, list[int]] | None:
-    # From 8 dims up, as the paper's lists: a 1-4 dim normalised prefix is little more than a sign pattern.
-    small = [d for d in nesting_dims if MIN_AUTO_DIM <= d < width][:len(AUTO_FUNNEL_SHORTLISTS)]
-    dims = small + [width]
-    if len(dims) < 2:
-        return None
-    sizes = [min(max(s, k), n) for s in AUTO_FUNNEL_SHORTLISTS[:len(dims) - 1]]
-    return {"dims": dims, "shortlist_sizes": sizes}
 
 
 def _timed(fn, repeats: int):
@@ -284,34 +441,45 @@ def _timed(fn, repeats: int):
     return result, best
 
 
-def _run_adaptive_retrieval(ctx: dict, cfg: dict, out: Path) -> list[dict]:
+def _plot_adaptive_retrieval(rows: Sequence[Mapping[str, Any]], metric: str, path: Path, title: str) -> Path:
+    """mAP against MFLOPs per query: one point per row of the adaptive-retrieval table, each labelled by its
+    setting (:func:`~mrl.evaluation.adaptive_retrieval.setting_label`), exact search as a star."""
+    from matplotlib.ticker import NullFormatter
+
+    from mrl.evaluation.adaptive_retrieval import setting_label
+
+    fig, ax = new_figure((8, 5.5))
+    for kind, marker, size in (("adaptive", "o", 14), ("funnel", "D", 18), ("exact", "*", 90)):
+        sel = [r for r in rows if str(r["kind"]).startswith(kind)]
+        if not sel:
+            continue
+        ax.scatter([r["mflops"] for r in sel], [r[metric] for r in sel], marker=marker, s=size, label=kind)
+        for r in sel:
+            ax.annotate(setting_label(r), (r["mflops"], r[metric]), textcoords="offset points", xytext=(4, 3),
+                        fontsize=6)
+    ax.set_xscale("log")
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.margins(x=0.12, y=0.08)  # room for the labels of the outermost points
+    ax.set_xlabel("MFLOPs per query")
+    ax.set_ylabel(f"{metric.replace('map', 'mAP')} (%)")
+    ax.set_title(title)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=7)
+    return save_figure(fig, path)
+
+
+def _run_adaptive_retrieval(ctx: dict, plan: dict, out: Path) -> list[dict]:
     from mrl.evaluation.adaptive_retrieval import (adaptive_retrieval, exact_retrieval_mflops, funnel_mflops,
                                                    funnel_retrieval, retrieval_mflops)
     from mrl.evaluation.retrieval import (build_index, class_counts, l2_normalize_prefix, labels_of,
                                           retrieval_metrics, search_index)
 
-    s = cfg["adaptive_retrieval"]
     train, test = ctx["train"], ctx["test"]
     n, q, width = len(train.labels), len(test.labels), train.width
-    sec = "adaptive_retrieval"
-    k = _int_list(s["k"], f"{sec}.k")[0]
-    if k > n:
-        raise ConfigError(f"{sec}.k", f"is {k}, larger than the database ({n} items)", f"use k <= {n}")
-    repeats = _int_list(s["repeats"], f"{sec}.repeats")[0]
-    nesting = ctx["nesting_dims"]
-    shortlist_dims = (_int_list(s["shortlist_dims"], f"{sec}.shortlist_dims") if s["shortlist_dims"] is not None
-                      else [d for d in nesting if d < width] or [nesting[0]])
-    rerank_dims = (_int_list(s["rerank_dims"], f"{sec}.rerank_dims") if s["rerank_dims"] is not None else [width])
-    shortlist_ks = _int_list(s["shortlist_ks"], f"{sec}.shortlist_ks")
-    for field, values in (("shortlist_dims", shortlist_dims), ("rerank_dims", rerank_dims)):
-        if max(values) > width:
-            raise ConfigError(f"{sec}.{field}", f"size {max(values)} is larger than the embedding width {width}",
-                              f"use sizes <= {width}")
-    for kk in shortlist_ks:
-        if not k <= kk <= n:
-            raise ConfigError(f"{sec}.shortlist_ks", f"K={kk} must lie between k={k} and the database size {n}")
+    k, repeats, method = plan["k"], plan["repeats"], plan["method"]
     counts = class_counts(train.labels)
     db = np.ascontiguousarray(train.embeddings)  # in memory (its stored dtype), as the exact index is
+    progress = _progress("adaptive_retrieval", 1 + len(plan["shortlist_dims"]) + len(plan["funnels"]))
 
     def score(idx: np.ndarray) -> dict[str, float]:
         m = retrieval_metrics(labels_of(idx, train.labels), test.labels, counts, [k])
@@ -326,156 +494,112 @@ def _run_adaptive_retrieval(ctx: dict, cfg: dict, out: Path) -> list[dict]:
     rows.append({"kind": "exact", "D_s": width, "D_r": width, "K": "", **score(idx),
                  "mflops": exact_retrieval_mflops(n, width), "us_per_query": exact_us, "speedup": 1.0})
     del full_index
-    with _Section(sec, s):
-        for ds in shortlist_dims:
-            index = build_index(l2_normalize_prefix(db, ds, field="db_emb"), s["method"], s["hnsw_m"],
-                                s["ef_construction"])
-            for dr in rerank_dims:
-                if dr < ds:
-                    continue
-                for kk in shortlist_ks:
-                    idx, sec_s = _timed(lambda: adaptive_retrieval(db, test.embeddings, ds, dr, kk, k,
-                                                                   method=s["method"], ef_search=s["ef_search"],
-                                                                   index=index), repeats)
-                    us = 1e6 * sec_s / q
-                    rows.append({"kind": f"adaptive ({s['method']})", "D_s": ds, "D_r": dr, "K": kk, **score(idx),
-                                 "mflops": retrieval_mflops(n, ds, [(kk, dr)]), "us_per_query": us,
-                                 "speedup": exact_us / us if us > 0 else float("inf")})
-        funnels = s["funnels"]
-        if funnels == "auto":
-            auto = _auto_funnel(nesting, width, n, k)
-            funnels = [auto] if auto else []
-        elif funnels is None:
-            funnels = []
-        if not isinstance(funnels, Sequence) or isinstance(funnels, (str, bytes)):
-            raise ConfigError(f"{sec}.funnels", f"expected auto, null or a list of {{dims, shortlist_sizes}}, "
-                              f"got {funnels!r}")
-        for f in funnels:
-            if not isinstance(f, Mapping) or set(f) != {"dims", "shortlist_sizes"}:
-                raise ConfigError(f"{sec}.funnels", f"each funnel needs exactly dims and shortlist_sizes, got {f!r}",
-                                  "e.g. {dims: [8, 16, 32, 2048], shortlist_sizes: [200, 50, 10]}")
-            dims, sizes = list(f["dims"]), list(f["shortlist_sizes"])
-            idx, sec_s = _timed(lambda: funnel_retrieval(db, test.embeddings, dims, sizes, k,
-                                                         method=s["method"], hnsw_m=s["hnsw_m"],
-                                                         ef_search=s["ef_search"],
-                                                         ef_construction=s["ef_construction"]), repeats)
-            us = 1e6 * sec_s / q
-            rows.append({"kind": f"funnel ({s['method']})", "D_s": dims[0], "D_r": ",".join(map(str, dims[1:])),
-                         "K": ",".join(map(str, sizes)), **score(idx), "mflops": funnel_mflops(n, dims, sizes),
-                         "us_per_query": us, "speedup": exact_us / us if us > 0 else float("inf")})
+    progress(f"exact search at {width}")
+    for ds in plan["shortlist_dims"]:
+        index = build_index(l2_normalize_prefix(db, ds, field="db_emb"), method, plan["hnsw_m"],
+                            plan["ef_construction"])
+        for dr in plan["rerank_dims"]:
+            if dr < ds:
+                continue
+            for kk in plan["shortlist_ks"]:
+                idx, sec_s = _timed(lambda: adaptive_retrieval(db, test.embeddings, ds, dr, kk, k, method=method,
+                                                               ef_search=plan["ef_search"], index=index), repeats)
+                us = 1e6 * sec_s / q
+                rows.append({"kind": f"adaptive ({method})", "D_s": ds, "D_r": dr, "K": kk, **score(idx),
+                             "mflops": retrieval_mflops(n, ds, [(kk, dr)]), "us_per_query": us,
+                             "speedup": exact_us / us if us > 0 else float("inf")})
+        progress(f"shortlist size D_s={ds}")
+    for f in plan["funnels"]:
+        dims, sizes = f["dims"], f["shortlist_sizes"]
+        idx, sec_s = _timed(lambda: funnel_retrieval(db, test.embeddings, dims, sizes, k, method=method,
+                                                     hnsw_m=plan["hnsw_m"], ef_search=plan["ef_search"],
+                                                     ef_construction=plan["ef_construction"]), repeats)
+        us = 1e6 * sec_s / q
+        rows.append({"kind": f"funnel ({method})", "D_s": dims[0], "D_r": ",".join(map(str, dims[1:])),
+                     "K": ",".join(map(str, sizes)), **score(idx), "mflops": funnel_mflops(n, dims, sizes),
+                     "us_per_query": us, "speedup": exact_us / us if us > 0 else float("inf")})
+        progress(f"funnel {dims}")
     write_table(rows, out, "adaptive_retrieval", f"Adaptive retrieval, {ctx['label']}",
-                [f"database: train ({n} items), queries: test ({q}); shortlist K items by {s['method']} search on "
+                [f"database: train ({n} items), queries: test ({q}); shortlist K items by {method} search on "
                  f"the first D_s coordinates, rerank them on D_r, keep the top {k}; map@{k}/top1 in %.",
                  "mflops: the paper's cost model per query, (N*D_s + sum K_i*D_r_i)/1e6 with this database's N; "
                  "exact: N*d/1e6.",
                  f"us_per_query: measured wall-clock per query on this machine (best of {repeats}; queries "
                  "normalised, shortlist search and rerank; the shortlist index is built beforehand, a funnel's "
                  "inside its time); speedup: exact us_per_query / this one."])
-    adaptive = [r for r in rows if r["kind"] != "exact"]
-    if adaptive:
-        from matplotlib.ticker import NullFormatter
-
-        fig, ax = new_figure()
-        ax.scatter([r["mflops"] for r in adaptive], [r[f"map@{k}"] for r in adaptive], s=12, label="adaptive / funnel")
-        ax.scatter([rows[0]["mflops"]], [rows[0][f"map@{k}"]], marker="*", s=80, label=f"exact {width}")
-        ax.set_xscale("log")
-        ax.xaxis.set_minor_formatter(NullFormatter())
-        ax.set_xlabel("MFLOPs per query")
-        ax.set_ylabel(f"mAP@{k} (%)")
-        ax.set_title(f"Adaptive retrieval, {ctx['label']}")
-        ax.grid(True, alpha=0.3)
-        ax.legend()
-        save_figure(fig, out / "adaptive_retrieval.png")
+    _plot_adaptive_retrieval(rows, f"map@{k}", out / "adaptive_retrieval.png",
+                                 f"Adaptive retrieval, {ctx['label']}")
     return rows
 
 
-def _check_baselines(ctx: dict) -> None:
-    width, head_type, nesting = ctx["test"].width, ctx["head_type"], ctx["nesting_dims"]
-    if head_type != "ff" or nesting != [width]:
-        what = f"FF-{nesting[0]}" if head_type == "ff" else f"an '{head_type}' model"
-        raise ConfigError("evaluators", f"baselines need an FF model at full width (FF-{width}), this checkpoint is "
-                          f"{what}", f"drop baselines from evaluators, or evaluate an FF-{width} checkpoint "
-                          f"(model.head=ff model.nesting_dims=[{width}])")
-
-
-def _run_baselines(ctx: dict, cfg: dict, out: Path) -> list[dict]:
+def _run_baselines(ctx: dict, plan: dict, out: Path) -> list[dict]:
     from mrl.evaluation.baselines import rand_fs_retrieval, rand_lp, svd_classifier, svd_probe
     from mrl.evaluation.classification import classifier_at
-    from mrl.nesting import auto_nesting_dims
 
-    s = cfg["baselines"]
     train, test = ctx["train"], ctx["test"]
-    width, nesting = train.width, ctx["nesting_dims"]
-    _check_baselines(ctx)
-    dims = auto_nesting_dims(width) if s["dims"] == "auto" else _int_list(s["dims"], "baselines.dims")
-    if max(dims) > width:
-        raise ConfigError("baselines.dims", f"size {max(dims)} is larger than the embedding width {width}")
-    methods = [s["methods"]] if isinstance(s["methods"], str) else list(s["methods"])
-    unknown = [m for m in methods if m not in BASELINE_METHODS]
-    if unknown or not methods:
-        raise ConfigError("baselines.methods", f"unknown method(s) {unknown}", f"choose from {list(BASELINE_METHODS)}")
-    weight, bias = classifier_at("ff", ctx["head"].state, nesting, width)
-    ks = _int_list(s["ks"], "baselines.ks")
-    probe = {"optimizer": s["probe_optimizer"], "steps": s["probe_steps"], "weight_decay": s["weight_decay"]}
+    width, methods, seed, probe = train.width, plan["methods"], plan["seed"], plan["probe"]
+    weight, bias = classifier_at("ff", ctx["head"].state, ctx["nesting_dims"], width)
     train_x, test_x = train.embeddings, test.embeddings  # memory-mapped; the baselines read what they need
+    progress = _progress("baselines", len(plan["dims"]))
     rows = []
-    with _Section("baselines", s):
-        for m in dims:
-            row: dict[str, Any] = {"dim": m}
-            if "svd" in methods:
-                row["svd_top1"] = 100.0 * svd_probe(train_x, train.labels, test_x, test.labels, m, center=s["center"],
-                                                    seed=s["seed"], **probe)["top1"]
-            if "svd_classifier" in methods:
-                rank = min(m, *weight.shape)  # a rank >= min(C, d) is the full classifier
-                row["svd_classifier_top1"] = 100.0 * svd_classifier(weight, test_x, test.labels, rank, bias)
-            if "rand_lp" in methods:
-                row["rand_lp_top1"] = 100.0 * rand_lp(train_x, train.labels, test_x, test.labels, m, seed=s["seed"],
-                                                      **probe)["top1"]
-            if "rand_fs" in methods:
-                r = rand_fs_retrieval(train_x, train.labels, test_x, test.labels, [m], seed=s["seed"], ks=ks)[0]
-                row["rand_fs_top1"] = 100.0 * r["top1"]
-                row.update({f"rand_fs_map@{k}": 100.0 * r[f"map@{k}"] for k in ks})
-            rows.append(row)
+    for m in plan["dims"]:
+        row: dict[str, Any] = {"dim": m}
+        if "svd" in methods:
+            row["svd_top1"] = 100.0 * svd_probe(train_x, train.labels, test_x, test.labels, m, center=plan["center"],
+                                                seed=seed, **probe)["top1"]
+        if "svd_classifier" in methods:
+            rank = min(m, *weight.shape)  # a rank >= min(C, d) is the full classifier
+            row["svd_classifier_top1"] = 100.0 * svd_classifier(weight, test_x, test.labels, rank, bias)
+        if "rand_lp" in methods:
+            row["rand_lp_top1"] = 100.0 * rand_lp(train_x, train.labels, test_x, test.labels, m, seed=seed,
+                                                  **probe)["top1"]
+        if "rand_fs" in methods:
+            r = rand_fs_retrieval(train_x, train.labels, test_x, test.labels, [m], seed=seed, ks=plan["ks"])[0]
+            row["rand_fs_top1"] = 100.0 * r["top1"]
+            row.update({f"rand_fs_map@{k}": 100.0 * r[f"map@{k}"] for k in plan["ks"]})
+        rows.append(row)
+        progress(m)
     write_table(rows, out, "baselines", f"Baselines from FF-{width} (%), {ctx['label']}",
                 ["svd: linear probe on the top-d right singular vectors of the train embeddings"
-                 f"{' (centred)' if s['center'] else ''}; svd_classifier: the FF classifier replaced by its rank-d "
+                 f"{' (centred)' if plan['center'] else ''}; svd_classifier: the FF classifier replaced by its rank-d "
                  "approximation (rank capped at min(C, width): the full classifier beyond it); rand_lp: linear probe "
                  "on d random coordinates; rand_fs: retrieval (train database) on d random coordinates.",
-                 f"probes: {s['probe_optimizer']}, {s['probe_steps']} steps, weight decay {s['weight_decay']:g}, "
-                 f"seed {s['seed']}."])
+                 f"probes: {probe['optimizer']}, {probe['steps']} steps, weight decay {probe['weight_decay']:g}, "
+                 f"seed {seed}."])
     series = {c.replace("_top1", ""): ([r["dim"] for r in rows], [r[c] for r in rows])
               for c in rows[0] if c.endswith("_top1")}
-    _plot(out / "baselines.png", series, f"Baselines from FF-{width}", "representation size", "top-1 (%)")
+    _plot(out / "baselines.png", series, f"Baselines from FF-{width}, {ctx['label']}", "representation size",
+          "top-1 (%)")
     return rows
 
 
-def _run_robustness(ctx: dict, cfg: dict, out: Path) -> list[dict]:
-    from mrl.embeddings import load_split
+def _run_robustness(ctx: dict, plan: dict, out: Path) -> list[dict]:
     from mrl.evaluation.robustness import robustness_sweep
 
-    sets = cfg["robustness"]
-    if not sets:
-        raise ConfigError("robustness", "names no embedded robustness set",
-                          "give robustness={imagenet-a: /path/to/embeddings/imagenet-a, ...} "
-                          "(made by mrl.evaluation.robustness.embed_robustness_set)")
     rows = []
-    for name, folder in sets.items():
-        split = load_split(folder)
-        if split.meta.get("checkpoint") and ctx["test"].meta.get("checkpoint") and \
-                split.meta["checkpoint"] != ctx["test"].meta["checkpoint"]:
-            raise ConfigError(f"robustness.{name}", f"{folder} was embedded with {split.meta['checkpoint']}, not "
-                              f"{ctx['test'].meta['checkpoint']}", "embed it with the evaluated checkpoint")
-        rows += robustness_sweep(split, ctx["head"], ctx["dims"], dataset_name=name,
-                                 ks=cfg["classification"]["ks"])
+    for name, split in plan["splits"].items():
+        rows += robustness_sweep(split, ctx["head"], ctx["dims"], dataset_name=name, ks=plan["ks"][name])
+        log.info("robustness: %s done", name)
     write_table(rows, out, "robustness", f"Robustness sets, linear accuracy (%), {ctx['label']}",
                 ["ImageNet-A/-R: logits restricted to their 200 classes (Hendrycks et al.'s lists); V2/Sketch: all "
                  "classes."])
+    series = {}
+    for name in plan["splits"]:
+        own = [r for r in rows if r["dataset"] == name]
+        series[name] = ([r["dim"] for r in own], [r["top1"] for r in own])
+    _plot(out / "robustness.png", series, f"Robustness sets, {ctx['label']}", "representation size",
+          "top-1 accuracy (%)", markers=len(ctx["dims"]) <= 32)
     return rows
 
 
-RUNNERS = {"classification": _run_classification, "adaptive_classification": _run_adaptive_classification,
-           "retrieval": _run_retrieval, "adaptive_retrieval": _run_adaptive_retrieval, "baselines": _run_baselines,
-           "robustness": _run_robustness}
+PLANS: dict[str, Callable[[dict, dict], dict[str, Any]]] = {
+    "classification": _plan_classification, "adaptive_classification": _plan_adaptive_classification,
+    "retrieval": _plan_retrieval, "adaptive_retrieval": _plan_adaptive_retrieval, "baselines": _plan_baselines,
+    "robustness": _plan_robustness}
+RUNNERS: dict[str, Callable[[dict, dict, Path], list[dict]]] = {
+    "classification": _run_classification, "adaptive_classification": _run_adaptive_classification,
+    "retrieval": _run_retrieval, "adaptive_retrieval": _run_adaptive_retrieval, "baselines": _run_baselines,
+    "robustness": _run_robustness}
 NEEDS_TRAIN = {"classification", "retrieval", "adaptive_retrieval", "baselines"}
 NEEDS_HEAD = {"classification", "baselines", "robustness"}
 
@@ -484,19 +608,28 @@ NEEDS_HEAD = {"classification", "baselines", "robustness"}
 # entry point
 # --------------------------------------------------------------------------------------------------
 
-def evaluate(cfg: Mapping[str, Any] | None = None, command: str | None = None, verbose: bool = False,
+def _run_name(ckpt_path: Any, emb_dir: Path) -> str:
+    """What the plot titles call the evaluated model: the training run's folder for a checkpoint in
+    ``<run>/checkpoints/``, else the checkpoint's file name, else the embeddings folder's name."""
+    if not ckpt_path:
+        return emb_dir.resolve().name
+    ckpt = Path(str(ckpt_path))
+    return ckpt.parent.parent.name if ckpt.parent.name == "checkpoints" else ckpt.name
+
+
+def evaluate(cfg: Mapping[str, Any] | None = None, command: str | None = None,
              **overrides: Any) -> dict[str, list[dict[str, Any]]]:
     """Run the configured evaluators and write their tables; returns ``{evaluator: rows}``.
 
     ``cfg``: a dict or DictConfig with the keys of :data:`DEFAULTS` (missing keys take the defaults);
     ``overrides``: the same keys as keyword arguments. ``command``: the command line recorded in
-    ``command.txt``. Raises :class:`ConfigError` for bad settings or inputs, before any evaluator runs
-    where it can.
+    ``command.txt``. Every setting of every selected evaluator is checked first: a bad one raises
+    :class:`ConfigError` before anything is written.
     """
     from omegaconf import OmegaConf
 
+    from mrl.evaluation.classification import check_head_type, classifier_at, load_head, resolve_dims
     from mrl.embeddings import load_split
-    from mrl.evaluation.classification import check_head_type, load_head, resolve_dims
 
     cfg = resolve_config(cfg, **overrides)
     if not cfg["embeddings_dir"]:
@@ -506,6 +639,9 @@ def evaluate(cfg: Mapping[str, Any] | None = None, command: str | None = None, v
     emb_dir = Path(str(cfg["embeddings_dir"])).expanduser()
     if not emb_dir.is_dir():
         raise ConfigError("embeddings_dir", f"{emb_dir} does not exist", "run scripts/embed.py first")
+    out = Path(str(cfg["output_dir"])).expanduser()
+    if out.exists() and not out.is_dir():
+        raise ConfigError("output_dir", f"{out} is a file", "give a folder for the tables")
     evaluators = cfg["evaluators"]
     test = load_split(emb_dir / "test")
     train = load_split(emb_dir / "train") if NEEDS_TRAIN & set(evaluators) else None
@@ -514,7 +650,7 @@ def evaluate(cfg: Mapping[str, Any] | None = None, command: str | None = None, v
         raise ConfigError("embeddings_dir", f"train/ and test/ under {emb_dir} come from different checkpoints",
                           "embed both splits with one scripts/embed.py run")
     head = None
-    head_type, nesting_dims = test.meta["head"], [int(d) for d in test.meta["nesting_dims"]]
+    head_type, nesting_dims = test.meta["head"], list(test.meta["nesting_dims"])
     ckpt_path = cfg["ckpt_path"] or test.meta.get("checkpoint")
     if NEEDS_HEAD & set(evaluators) or cfg["ckpt_path"]:
         if not ckpt_path:
@@ -522,37 +658,31 @@ def evaluate(cfg: Mapping[str, Any] | None = None, command: str | None = None, v
                               "give ckpt_path=/path/to/checkpoint.ckpt")
         head = load_head(ckpt_path, cfg["head"])
         if head.head_type != head_type or head.nesting_dims != nesting_dims \
-                or head.meta.get("num_classes") != test.meta.get("num_classes"):
+                or head.meta.get("num_classes") != test.meta["num_classes"]:
             raise ConfigError("ckpt_path", f"{ckpt_path} (head {head.head_type}, sizes {head.nesting_dims}, "
                               f"{head.meta.get('num_classes')} classes) is not the checkpoint the embeddings were made "
-                              f"with (head {head_type}, sizes {nesting_dims}, {test.meta.get('num_classes')} classes)",
+                              f"with (head {head_type}, sizes {nesting_dims}, {test.meta['num_classes']} classes)",
                               "give the checkpoint passed to scripts/embed.py, or re-embed")
     else:
         check_head_type(cfg["head"], head_type, f"{emb_dir}/test (embeddings)")
     dims = resolve_dims(cfg["dims"], head_type, nesting_dims, test.width)
-    if "classification" in evaluators or "robustness" in evaluators:  # fail now, not after the slow evaluators
-        from mrl.evaluation.classification import classifier_at
-
+    if head is not None and {"classification", "robustness"} & set(evaluators):
         for d in dims:
             classifier_at(head_type, head.state, nesting_dims, d)
+    model = {"mrl": "MRL", "mrle": "MRL-E", "ff": f"FF-{nesting_dims[0]}"}.get(head_type, head_type)
+    ctx = {"train": train, "test": test, "head": head, "head_type": head_type, "nesting_dims": nesting_dims,
+           "dims": dims, "num_classes": test.meta["num_classes"], "label": f"{model}, {_run_name(ckpt_path, emb_dir)}"}
+    plans = {name: PLANS[name](ctx, cfg) for name in evaluators}
 
-    if "baselines" in evaluators:  # the one-line error before any slow evaluator
-        _check_baselines({"test": test, "head_type": head_type, "nesting_dims": nesting_dims})
-
-    out = Path(str(cfg["output_dir"])).expanduser()
     out.mkdir(parents=True, exist_ok=True)
     resolved = {"resolved": {"ckpt_path": str(ckpt_path) if ckpt_path else None, "head": head_type,
                              "nesting_dims": nesting_dims, "width": test.width, "dims": dims}}
     atomic_write_text(out / "eval_config.yaml", OmegaConf.to_yaml(OmegaConf.create({**cfg, **resolved})))
     atomic_write_text(out / "command.txt", (command or "mrl.evaluation.run.evaluate() (called from Python)") + "\n")
-    model = {"mrl": "MRL", "mrle": "MRL-E", "ff": f"FF-{nesting_dims[0]}"}.get(head_type, head_type)
-    label = f"{model} ({Path(str(ckpt_path)).name if ckpt_path else emb_dir.name})"
-    ctx = {"train": train, "test": test, "head": head, "head_type": head_type, "nesting_dims": nesting_dims,
-           "dims": dims, "label": label}
     tables = {}
-    for name in evaluators:
+    for i, name in enumerate(evaluators, 1):
+        log.info("%s (%d/%d): %s", name, i, len(evaluators), ctx["label"])
         t0 = time.perf_counter()
-        tables[name] = RUNNERS[name](ctx, cfg, out)
-        if verbose:
-            print(f"{name}: {time.perf_counter() - t0:.1f} s -> {out / (name + '.md')}")
+        tables[name] = RUNNERS[name](ctx, plans[name], out)
+        log.info("%s: done in %.1f s -> %s", name, time.perf_counter() - t0, out / f"{name}.md")
     return tables
