@@ -17,16 +17,49 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import lightning as L
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
 from mrl.checkpoint import read_checkpoint
 from mrl.errors import ConfigError
+
+HEAD_TYPES = ("mrl", "mrle", "ff")
+REEMBED = "re-run scripts/embed.py for this split"
+
+
+def _positive_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
+def read_meta(path: str | Path) -> dict[str, Any]:
+    """``meta.json`` of an embedding folder (``path`` is the file), checked: a JSON object with ``head`` (mrl,
+    mrle or ff), ``nesting_dims`` (a non-empty list of positive ints) and ``num_classes`` (a positive int)."""
+    path = Path(path)
+    try:
+        meta = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ConfigError("embeddings", f"{path} is not valid JSON ({err})", REEMBED) from None
+    if not isinstance(meta, dict):
+        raise ConfigError("embeddings", f"{path} holds a JSON {type(meta).__name__}, not an object", REEMBED)
+    missing = [key for key in ("head", "nesting_dims", "num_classes") if key not in meta]
+    if missing:
+        raise ConfigError("embeddings", f"{path} lacks {missing}", REEMBED)
+    dims = meta["nesting_dims"]
+    if meta["head"] not in HEAD_TYPES or not isinstance(dims, list) or not dims \
+            or not all(_positive_int(d) for d in dims) or not _positive_int(meta["num_classes"]):
+        raise ConfigError("embeddings", f"{path} has head {meta['head']!r}, nesting_dims {dims!r} and num_classes "
+                          f"{meta['num_classes']!r}; expected one of {list(HEAD_TYPES)}, a list of positive ints and "
+                          "a positive int", REEMBED)
+    return meta
+
 
 DTYPES = {"float16": np.float16, "float32": np.float32}
 FILES = ("embeddings.npy", "labels.npy", "logits.npy", "meta.json")
@@ -51,29 +84,54 @@ class EmbeddingSplit:
         return int(self.embeddings.shape[1])
 
 
+def _check_dtype(dtype: str) -> np.dtype:
+    if dtype not in DTYPES:
+        raise ConfigError("dtype", f"unknown dtype {dtype!r}", f"choose one of {sorted(DTYPES)}")
+    return DTYPES[dtype]
+
+
+def _open_arrays(folder: Path, n: int, width: int, num_sizes: int, num_classes: int, np_dtype, mode: str = "w+"):
+    """``(embeddings [n, width], labels [n], logits [G, n, C])`` as memory-mapped ``.npy`` files."""
+    return (np.lib.format.open_memmap(folder / "embeddings.npy", mode=mode, dtype=np_dtype, shape=(n, width)),
+            np.lib.format.open_memmap(folder / "labels.npy", mode=mode, dtype=np.int64, shape=(n,)),
+            np.lib.format.open_memmap(folder / "logits.npy", mode=mode, dtype=np_dtype,
+                                      shape=(num_sizes, n, num_classes)))
+
+
+def _split_meta(module, split: str, n: int, dtype: str, meta: dict[str, Any] | None) -> dict[str, Any]:
+    return {"split": split, "num_samples": n, "width": module.model.width, "nesting_dims": list(module.nesting_dims),
+            "num_classes": module.hparams.num_classes, "head": module.head_type, "dtype": dtype,
+            "class_names": module.class_names, **(meta or {})}
+
+
+def _publish(tmp: Path, final: Path, info: dict[str, Any]) -> Path:
+    """``meta.json`` last into the complete ``tmp`` folder, then ``tmp`` renamed over ``final``."""
+    (tmp / "meta.json").write_text(json.dumps(info, indent=2))
+    if final.exists():
+        old = final.parent / f".{final.name}.old-{os.getpid()}"
+        os.replace(final, old)
+        shutil.rmtree(old)
+    os.replace(tmp, final)
+    return final
+
+
 @torch.no_grad()
 def embed_split(module: torch.nn.Module, loader: DataLoader, root: str | Path, split: str,
                 dtype: str = "float16", device: str | torch.device = "cpu", autocast_dtype: torch.dtype | None = None,
                 meta: dict[str, Any] | None = None) -> Path:
-    """Run ``module`` (a :class:`~mrl.lightning.MatryoshkaModule`) over ``loader`` and write ``root/split``.
-
-    ``loader`` must not shuffle; rows follow the dataset order.
+    """Run ``module`` (a :class:`~mrl.lightning.MatryoshkaModule`) over ``loader`` in this process and
+    write ``root/split``. ``loader`` must not shuffle; rows follow the dataset order.
+    (:func:`embed_checkpoint` does the same on any number of processes.)
     """
-    if dtype not in DTYPES:
-        raise ConfigError("dtype", f"unknown dtype {dtype!r}", f"choose one of {sorted(DTYPES)}")
-    np_dtype = DTYPES[dtype]
+    np_dtype = _check_dtype(dtype)
     root = Path(root)
-    final = root / split
     tmp = root / f".{split}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     module = module.to(device).eval()
     n = len(loader.dataset)
-    width, dims = module.model.width, list(module.nesting_dims)
-    num_classes = module.hparams.num_classes
-    emb = np.lib.format.open_memmap(tmp / "embeddings.npy", mode="w+", dtype=np_dtype, shape=(n, width))
-    labels = np.lib.format.open_memmap(tmp / "labels.npy", mode="w+", dtype=np.int64, shape=(n,))
-    logits = np.lib.format.open_memmap(tmp / "logits.npy", mode="w+", dtype=np_dtype, shape=(len(dims), n, num_classes))
+    emb, labels, logits = _open_arrays(tmp, n, module.model.width, len(module.nesting_dims),
+                                       module.hparams.num_classes, np_dtype)
     start = 0
     device_type = torch.device(device).type
     try:
@@ -91,28 +149,98 @@ def embed_split(module: torch.nn.Module, loader: DataLoader, root: str | Path, s
         for array in (emb, labels, logits):
             array.flush()
         del emb, labels, logits
-        info = {"split": split, "num_samples": n, "width": width, "nesting_dims": dims, "num_classes": num_classes,
-                "head": module.head_type, "dtype": dtype, "class_names": module.class_names, **(meta or {})}
-        (tmp / "meta.json").write_text(json.dumps(info, indent=2))
-        if final.exists():
-            old = root / f".{split}.old-{os.getpid()}"
-            os.replace(final, old)
-            shutil.rmtree(old)
-        os.replace(tmp, final)
+        return _publish(tmp, root / split, _split_meta(module, split, n, dtype, meta))
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return final
+
+
+class EmbeddingWriter(L.Callback):
+    """Writes ``trainer.predict`` outputs of a :class:`~mrl.lightning.MatryoshkaModule` into ``root/<split>``
+    from any number of processes: rank ``r`` of ``W`` embeds samples ``r, r+W, ...`` (no padding) into its
+    own shard; rank 0 then interleaves the shards into dataset order and publishes the folder atomically.
+    With one process the shard is the final folder. ``root`` must be shared by all processes.
+    """
+
+    def __init__(self, root: str | Path, split: str, num_samples: int, dtype: str = "float16",
+                 meta: dict[str, Any] | None = None, progress_every: float = 0.1):
+        self.root, self.split, self.num_samples = Path(root), split, num_samples
+        self.dtype, self.np_dtype, self.meta = dtype, _check_dtype(dtype), meta
+        self.progress_every = progress_every
+        self.tmp = self.root / f".{split}.tmp"  # one name on every rank (ranks may be separate launches)
+
+    def _shard(self, rank: int) -> Path:
+        return self.tmp if self.world == 1 else self.tmp / f"shard-{rank}"
+
+    def on_predict_start(self, trainer: L.Trainer, pl_module) -> None:
+        self.world, self.rank = trainer.world_size, trainer.global_rank
+        if trainer.is_global_zero:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+            self.tmp.mkdir(parents=True)
+        trainer.strategy.barrier("embedding folder")
+        shard = self._shard(self.rank)
+        shard.mkdir(parents=True, exist_ok=True)
+        self.rows = len(range(self.rank, self.num_samples, self.world))
+        self.arrays = _open_arrays(shard, self.rows, pl_module.model.width, len(pl_module.nesting_dims),
+                                   pl_module.hparams.num_classes, self.np_dtype)
+        self.done = 0
+        self._next_report = self.progress_every
+
+    def on_predict_batch_end(self, trainer, pl_module, outputs: dict[str, torch.Tensor], batch, batch_idx: int,
+                             dataloader_idx: int = 0) -> None:
+        emb, labels, logits = self.arrays
+        stop = self.done + len(outputs["labels"])
+        emb[self.done:stop] = outputs["embeddings"].float().cpu().numpy()
+        logits[:, self.done:stop] = outputs["logits"].float().cpu().numpy()
+        labels[self.done:stop] = outputs["labels"].cpu().numpy()
+        self.done = stop
+        if trainer.is_global_zero and not trainer.progress_bar_callback and stop >= self._next_report * self.rows:
+            print(f"embedding {self.split}: {100 * stop / self.rows:.0f}% ({stop}/{self.rows} rows on rank 0)", flush=True)
+            self._next_report += self.progress_every
+
+    def on_predict_end(self, trainer: L.Trainer, pl_module) -> None:
+        if self.done != self.rows:
+            raise RuntimeError(f"rank {self.rank} embedded {self.done} rows of {self.rows}")
+        for array in self.arrays:
+            array.flush()
+        shape = self.arrays[2].shape
+        del self.arrays
+        trainer.strategy.barrier("embedding shards")
+        if trainer.is_global_zero:
+            if self.world > 1:
+                self._interleave(shape[0], pl_module.model.width, shape[2])
+            _publish(self.tmp, self.root / self.split, _split_meta(pl_module, self.split, self.num_samples,
+                                                                  self.dtype, self.meta))
+        trainer.strategy.barrier("embedding published")
+
+    def _interleave(self, num_sizes: int, width: int, num_classes: int, chunk: int = 65536) -> None:
+        """Shard ``r`` holds rows ``r, r+W, ...``: copy them into their places, a chunk at a time."""
+        final = _open_arrays(self.tmp, self.num_samples, width, num_sizes, num_classes, self.np_dtype)
+        for rank in range(self.world):
+            shard_dir = self._shard(rank)
+            rows = len(range(rank, self.num_samples, self.world))
+            shard = _open_arrays(shard_dir, rows, width, num_sizes, num_classes, self.np_dtype, mode="r")
+            for start in range(0, rows, chunk):
+                stop = min(start + chunk, rows)
+                positions = slice(rank + start * self.world, rank + stop * self.world, self.world)
+                final[0][positions] = shard[0][start:stop]
+                final[1][positions] = shard[1][start:stop]
+                final[2][:, positions] = shard[2][:, start:stop]
+            del shard
+            shutil.rmtree(shard_dir)
+        for array in final:
+            array.flush()
 
 
 def load_split(path: str | Path, mmap: bool = True) -> EmbeddingSplit:
-    """Read a folder written by :func:`embed_split`, checking it is complete and consistent."""
+    """Read a folder written by :func:`embed_split`, checking it is complete and consistent: a corrupt or
+    incomplete one is a one-line :class:`ConfigError` naming the file, not a traceback later."""
     path = Path(path)
     missing = [f for f in FILES if not (path / f).is_file()]
     if missing:
         raise ConfigError("embeddings", f"{path} is not a complete embedding folder (missing {missing})",
                           "run scripts/embed.py for this split")
-    meta = json.loads((path / "meta.json").read_text())
+    meta = read_meta(path / "meta.json")
     mode = "r" if mmap else None
     emb = np.load(path / "embeddings.npy", mmap_mode=mode)
     labels = np.load(path / "labels.npy", mmap_mode=mode)
@@ -125,18 +253,49 @@ def load_split(path: str | Path, mmap: bool = True) -> EmbeddingSplit:
                           f"{logits.shape[1]} logit rows differ", "re-run scripts/embed.py for this split")
     if labels.dtype != np.int64:
         raise ConfigError("embeddings", f"{path}: labels are {labels.dtype}, not int64", "re-run scripts/embed.py")
+    groups, _, classes = logits.shape
+    if groups != len(meta["nesting_dims"]) or classes != meta["num_classes"]:
+        raise ConfigError("embeddings", f"{path}/logits.npy has {groups} sizes and {classes} classes but meta.json "
+                          f"says {meta['nesting_dims']} and {meta['num_classes']}", REEMBED)
     return EmbeddingSplit(emb, labels, logits, meta, path)
 
 
 def embed_checkpoint(ckpt_path: str | Path, datamodule, root: str | Path, splits=("train", "test"),
-                     dtype: str = "float16", device: str = "auto", bf16: bool = False) -> dict[str, Path]:
+                     dtype: str = "float16", trainer: Mapping[str, Any] | None = None) -> dict[str, Path]:
     """Embed ``splits`` of ``datamodule`` with the checkpoint's model into ``root/<split>``.
 
-    The data's class names must be the checkpoint's (same indices), so labels mean the same thing.
+    ``trainer``: keyword arguments of ``lightning.Trainer`` (``devices``, ``strategy``, ``precision``,
+    ...): on N processes the files are the same, row for row, as on one. The data's class names must be
+    the checkpoint's (same indices), so labels mean the same thing.
     """
+    _check_dtype(dtype)
+    path = Path(ckpt_path).expanduser()
+    module = _module_from_checkpoint(path, datamodule)
+    kwargs = {key: value for key, value in dict(trainer or {}).items() if key in PREDICT_TRAINER_KEYS}
+    kwargs.setdefault("enable_progress_bar", sys.stderr.isatty())  # else EmbeddingWriter prints plain lines
+    meta = {"checkpoint": str(path.resolve()), "backbone": module.hparams.backbone.get("name")}
+    written = {}
+    for split in splits:
+        num_samples = len(datamodule.split_dataset(split))
+        writer = EmbeddingWriter(root, split, num_samples, dtype, meta)
+        runner = L.Trainer(**kwargs, logger=False, callbacks=[writer], enable_checkpointing=False,
+                           enable_model_summary=False)
+        datamodule.predict_split = split
+        runner.predict(module, datamodule=datamodule, return_predictions=False)
+        written[split] = Path(root) / split
+    return written
+
+
+# Trainer settings that matter for inference; the rest of a training config (epochs, clipping) is ignored.
+PREDICT_TRAINER_KEYS = ("accelerator", "devices", "num_nodes", "strategy", "precision", "enable_progress_bar",
+                        "limit_predict_batches", "deterministic")
+
+
+def _module_from_checkpoint(path: Path, datamodule):
+    """The checkpoint's module, rebuilt from its own hyperparameters, after checking ``datamodule``
+    is the data it was trained on, split the same way."""
     from mrl.lightning import MatryoshkaModule
 
-    path = Path(ckpt_path).expanduser()
     ckpt, info = read_checkpoint(path)  # read once: validated, then rebuilt from its own hyperparameters
     hparams = dict(ckpt["hyper_parameters"])
     # The weights come from the checkpoint: never fetch the backbone's pretrained weights again.
@@ -158,8 +317,4 @@ def embed_checkpoint(ckpt_path: str | Path, datamodule, root: str | Path, splits
         if trained.get(key) not in (None, value):
             raise ConfigError(f"data.{key}", f"is {value} but the checkpoint was trained with {trained[key]}",
                               f"set data.{key}={trained[key]}")
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    meta = {"checkpoint": str(path.resolve()), "backbone": module.hparams.backbone.get("name")}
-    return {split: embed_split(module, datamodule.split_dataloader(split), root, split, dtype, device,
-                               torch.bfloat16 if bf16 else None, meta) for split in splits}
+    return module

@@ -80,16 +80,27 @@ class MatryoshkaModule(L.LightningModule):
         x, y = batch
         per_size = self.criterion.per_size(self(x), y)
         loss = (per_size * self.criterion.weights).sum()
+        self._stop_if_not_finite(loss, per_size)
         self.log("train/loss", loss, prog_bar=True, batch_size=y.numel())
         self.log_dict({f"train/loss@{m}": l for m, l in zip(self.nesting_dims, per_size.detach())},
                       batch_size=y.numel())
         return loss
 
+    def _stop_if_not_finite(self, loss: torch.Tensor, per_size: torch.Tensor) -> None:
+        """Stop at the first non-finite loss, on every rank at once (a lone rank raising would leave
+        the others waiting in the gradient all-reduce)."""
+        finite = bool(torch.isfinite(loss))
+        if self._trainer is not None and self.trainer.world_size > 1:
+            finite = self.trainer.strategy.reduce_boolean_decision(finite, all=True)
+        if not finite:
+            sizes = ", ".join(f"@{m}: {float(v):.4g}" for m, v in zip(self.nesting_dims, per_size.detach()))
+            where = f"epoch {self.current_epoch}, step {self.global_step}" if self._trainer is not None else "training"
+            raise NonFiniteLossError(f"train/loss is not finite at {where} (per size {sizes})")
+
     def _eval_step(self, stage: str, batch) -> None:
         x, y = batch
         logits = self(x)
-        self.accuracy[stage].update(logits, y)
-        self.log(f"{stage}/loss", self.criterion(logits, y), batch_size=y.numel(), sync_dist=True)
+        self.accuracy[stage].update(logits, y, loss_sum=self.criterion(logits, y).detach() * y.numel())
 
     def validation_step(self, batch, batch_idx: int) -> None:
         self._eval_step("val", batch)
@@ -102,14 +113,15 @@ class MatryoshkaModule(L.LightningModule):
         # Sum exact counts over ranks, so the figure is the accuracy over the whole split.
         correct = self.trainer.strategy.reduce(acc.correct.to(self.device), reduce_op="sum")
         total = self.trainer.strategy.reduce(acc.total.to(self.device), reduce_op="sum")
+        loss_sum = self.trainer.strategy.reduce(acc.loss_sum.to(self.device), reduce_op="sum")
         metrics = acc.compute(correct.cpu(), total.cpu())
+        metrics["loss"] = float(loss_sum) / max(int(total), 1)
         metrics["num_samples"] = int(total)
         self.results[stage] = metrics
         # Already reduced over ranks; the full-size top-1 also goes to the progress bar.
         full = f"top1@{self.nesting_dims[-1]}"
         for key, value in metrics.items():
-            if key != "num_samples":
-                self.log(f"{stage}/{key}", float(value), prog_bar=key == full, sync_dist=False)
+            self.log(f"{stage}/{key}", float(value), prog_bar=key == full, sync_dist=False)
         acc.reset()
 
     def on_validation_epoch_start(self) -> None:
@@ -147,17 +159,74 @@ class MatryoshkaModule(L.LightningModule):
                               "set lr_reference_batch=null and give the final lr")
         return datamodule.batch_size * self.trainer.world_size * self.trainer.accumulate_grad_batches
 
+    def predict_step(self, batch, batch_idx: int) -> dict[str, torch.Tensor]:
+        """``{"embeddings": [B, width], "logits": [G, B, C], "labels": [B]}`` (what embedding files hold)."""
+        x, y = batch
+        z = self.embed(x)
+        return {"embeddings": z, "logits": self.model.head(z), "labels": y}
+
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
         checkpoint[CHECKPOINT_KEY] = {"head": self.head_type, "nesting_dims": list(self.nesting_dims),
                                       "num_classes": self.hparams.num_classes, "class_names": self.class_names,
-                                      "width": self.model.width,
+                                      "width": self.model.width, "backbone": self.hparams.backbone.get("name"),
                                       "data_split": datamodule.split_signature() if hasattr(datamodule, "split_signature") else None}
+        checkpoint[RNG_KEY] = gather_rng_states(self.trainer.world_size if self._trainer is not None else 1)
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # Only when training resumes: the model's own randomness (dropout, drop-path) continues where it
+        # stopped. Data order and augmentation are seeded by (seed, epoch, index) in mrl.data.sampling.
+        states = checkpoint.get(RNG_KEY)
+        if states and self._trainer is not None and self.trainer.state.fn == "fit":
+            set_rng_state(states[self.trainer.global_rank % len(states)])
+
+
+class NonFiniteLossError(RuntimeError):
+    """The training loss became NaN or infinite; the run stops instead of training on garbage."""
+
+
+RNG_KEY = "mrl_rng_states"  # per rank: torch CPU, CUDA, NumPy and Python RNG states
+
+
+def _rng_state() -> dict[str, Any]:
+    import random
+
+    import numpy as np
+
+    # Tensors and plain numbers only, so checkpoints still load with torch.load(weights_only=True).
+    kind, keys, pos, has_gauss, cached = np.random.get_state(legacy=True)
+    return {"torch": torch.get_rng_state(), "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss,
+                                                      cached],
+            "python": random.getstate(), "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    import random
+
+    import numpy as np
+
+    torch.set_rng_state(state["torch"])
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    random.setstate(state["python"])
+    if state["cuda"] and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def gather_rng_states(world_size: int) -> list[dict[str, Any]]:
+    """Every rank's RNG state, indexed by rank (checkpoints are written by rank 0 alone)."""
+    state = _rng_state()
+    if world_size > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
+        states: list[Any] = [None] * world_size
+        torch.distributed.all_gather_object(states, state)
+        return states
+    return [state]
 
 
 def check_resume_compatible(checkpoint_path: str, module: MatryoshkaModule) -> None:
-    """Fail before training when a resume checkpoint was made for another head, sizes or classes."""
-    _, meta = read_checkpoint(checkpoint_path)
+    """Fail before training when a resume checkpoint was made for another head, sizes, classes or
+    backbone (anything that would end in a state-dict mismatch)."""
+    ckpt, meta = read_checkpoint(checkpoint_path)
     mine = {"head": module.head_type, "nesting_dims": list(module.nesting_dims),
             "num_classes": module.hparams.num_classes}
     for key, value in mine.items():
@@ -167,3 +236,17 @@ def check_resume_compatible(checkpoint_path: str, module: MatryoshkaModule) -> N
     if module.class_names is not None and meta.get("class_names") not in (None, module.class_names):
         raise ConfigError("ckpt_path", "checkpoint's class names differ from the data's classes",
                           "resume with the data the checkpoint was trained on")
+    saved = dict(ckpt.get("hyper_parameters", {}).get("backbone") or {})
+    for key in ("name", "small_input", "width", "hidden_dim", "channels"):
+        if key in saved and saved.get(key) != module.hparams.backbone.get(key):
+            raise ConfigError("ckpt_path", f"checkpoint's backbone has {key}={saved.get(key)!r} but the config has "
+                              f"{module.hparams.backbone.get(key)!r}",
+                              f"set model.backbone.{key}={saved.get(key)} to resume it, or start a new run")
+    expected = {k: tuple(v.shape) for k, v in module.state_dict().items()}
+    stored = {k: tuple(v.shape) for k, v in ckpt["state_dict"].items()}
+    if expected != stored:
+        differing = sorted(k for k in expected.keys() | stored.keys() if expected.get(k) != stored.get(k))
+        k = differing[0]
+        raise ConfigError("ckpt_path", f"checkpoint's weights do not fit the configured model ({len(differing)} "
+                          f"tensors differ, e.g. {k}: {stored.get(k)} in the checkpoint, {expected.get(k)} here)",
+                          "resume with the model config the checkpoint was trained with")

@@ -56,6 +56,8 @@ def create_loggers(cfg: Mapping[str, Any] | None, output_dir: str | Path, run_na
             logger = WandbLogger(project=wandb_cfg.get("project", "mrl"), entity=wandb_cfg.get("entity"),
                                  name=run_name, group=group, tags=list(tags), save_dir=str(output_dir),
                                  offline=mode == "offline", mode=mode, job_type=wandb_cfg.get("job_type", "train"))
+            # Lightning always passes W&B's deprecated `anonymous` setting, which then prints a notice.
+            logger._wandb_init.pop("anonymous", None)
             if config is not None:
                 logger.log_hyperparams(dict(config))
             loggers.append(logger)

@@ -30,10 +30,12 @@ class SizeAccuracy:
     def reset(self) -> None:
         self.correct = torch.zeros(len(self.ks), len(self.nesting_dims), dtype=torch.int64)
         self.total = torch.zeros((), dtype=torch.int64)
+        self.loss_sum = torch.zeros((), dtype=torch.float64)  # summed per-sample loss: an exact mean over ranks
 
-    def update(self, logits: torch.Tensor, target: torch.Tensor) -> None:
+    def update(self, logits: torch.Tensor, target: torch.Tensor, loss_sum: torch.Tensor | float = 0.0) -> None:
         self.correct += topk_correct(logits.detach(), target, self.ks).cpu()
         self.total += target.numel()
+        self.loss_sum += float(loss_sum)
 
     def compute(self, correct: torch.Tensor | None = None, total: torch.Tensor | None = None) -> dict[str, float]:
         """``{"top1@8": 71.2, ..., "top1_mean": ...}`` in percent (pass reduced counts under DDP)."""

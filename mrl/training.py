@@ -2,23 +2,57 @@
 
 Everything that can be wrong with the config or the data is checked before the first step:
 data roots are scanned, the model is built, a resume checkpoint is compared with the config.
+A run ends in one of three ways: results written (success), :class:`TrainingInterrupted` (SIGTERM:
+a checkpoint was saved, nothing was tested), or an error (non-finite loss, bad input): no table is
+written as if it had succeeded.
 """
 
 from __future__ import annotations
 
 import os
+import re
+import sys
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, RichProgressBar, TQDMProgressBar
+from lightning.pytorch.loggers import WandbLogger
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
-from mrl.callbacks import MetricsByDimReport
+from mrl.callbacks import EpochSummary, MetricsByDimReport
+from mrl.checkpointing import AtomicCheckpointIO, RecoveryCheckpoint, resolve_resume
+from mrl.config_checks import PROGRESS_BARS, check_train_config
+from mrl.console import quiet_known_warnings, tee_console
 from mrl.data import create_datamodule
+from mrl.data.datamodules import VALIDATE_ON_TEST_WARNING
 from mrl.errors import ConfigError
-from mrl.lightning import MatryoshkaModule, check_resume_compatible
+from mrl.lightning import MatryoshkaModule, NonFiniteLossError, check_resume_compatible
 from mrl.loggers import create_loggers
+
+
+class TrainingInterrupted(RuntimeError):
+    """SIGTERM stopped training after saving ``checkpoint``; rerun with ``ckpt_path`` (or ``resume=auto``)."""
+
+    def __init__(self, checkpoint: Path | None):
+        self.checkpoint = checkpoint
+        saved = f"checkpoint saved to {checkpoint}" if checkpoint else "no checkpoint saved"
+        super().__init__(f"interrupted by SIGTERM: {saved}")
+
+
+def job_dirname(override_dirname: str, max_len: int = 120) -> str:
+    """A folder name for a multirun job from its overrides (``model.ff_dim=8,seed=1``): path separators
+    and shell-hostile characters replaced, long names shortened with a hash so they stay unique."""
+    import hashlib
+
+    name = re.sub(r"[^A-Za-z0-9._=,+@-]+", "_", override_dirname).strip("_") or "default"
+    if len(name) > max_len:
+        name = name[: max_len - 9] + "-" + hashlib.sha1(name.encode()).hexdigest()[:8]
+    return name
+
+
+OmegaConf.register_new_resolver("mrl.job_dirname", job_dirname, replace=True)
 
 
 def _plain(node: Any) -> Any:
@@ -34,30 +68,61 @@ def build_module(model_cfg: dict, datamodule) -> MatryoshkaModule:
         raise ConfigError("model.num_classes", f"is {num_classes} but the data has {datamodule.num_classes} classes",
                           "set model.num_classes=null to take it from the data")
     cfg.pop("ff_dim", None)
-    return MatryoshkaModule(backbone=backbone, num_classes=datamodule.num_classes,
-                            class_names=datamodule.class_names, **cfg)
+    module = MatryoshkaModule(backbone=backbone, num_classes=datamodule.num_classes,
+                              class_names=datamodule.class_names, **cfg)
+    if backbone.get("name") == "mlp":
+        first_layer = datamodule.in_chans * datamodule.image_size ** 2 * backbone.get("hidden_dim", 512)
+        if first_layer > 10_000_000:
+            print(f"warning: model.backbone.name=mlp on {datamodule.image_size} px images has a {first_layer / 1e6:.0f}M-"
+                  "parameter first layer; set data.image_size smaller or choose a convolutional backbone")
+    return module
 
 
-def build_callbacks(cfg: dict, module: MatryoshkaModule, output_dir: Path, has_logger: bool) -> list[L.Callback]:
+def monitor_keys(dims: list[int]) -> list[str]:
+    """Every validation metric the module logs: what a checkpoint monitor may name."""
+    return ([f"val/top{k}@{m}" for k in (1, 5) for m in dims] + ["val/top1_mean", "val/top5_mean", "val/loss"])
+
+
+def build_callbacks(cfg: dict, module: MatryoshkaModule, output_dir: Path, validates: bool,
+                    has_logger: bool) -> tuple[list[L.Callback], RecoveryCheckpoint | None]:
+    """The run's callbacks, and the one that keeps ``last.ckpt`` (``None`` with ``checkpoint: null``)."""
     callbacks: list[L.Callback] = []
+    recovery = None
     ckpt = cfg.get("checkpoint")
     if ckpt:
-        monitor = ckpt.get("monitor", "auto")
-        if monitor == "auto":
-            monitor = f"val/top1@{module.nesting_dims[-1]}"
-        callbacks.append(ModelCheckpoint(dirpath=output_dir / "checkpoints", filename="epoch{epoch:03d}",
-                                         monitor=monitor, mode=ckpt.get("mode", "max"),
-                                         save_top_k=ckpt.get("save_top_k", 1), save_last=ckpt.get("save_last", True),
-                                         auto_insert_metric_name=False))
+        recovery = RecoveryCheckpoint(output_dir / "checkpoints", every_n_train_steps=ckpt.get("every_n_train_steps") or 0,
+                                      keep_step_checkpoints=ckpt.get("keep_step_checkpoints", 2))
+        callbacks.append(recovery)
+        if validates:  # the best checkpoint by a validation metric (never on test: see data.validation)
+            monitor = ckpt.get("monitor", "auto")
+            if monitor == "auto":
+                monitor = f"val/top1@{module.nesting_dims[-1]}"
+            if monitor not in monitor_keys(module.nesting_dims):
+                raise ConfigError("callbacks.checkpoint.monitor", f"{monitor!r} is never logged",
+                                  f"choose one of val/top1@{module.nesting_dims[-1]}, val/top1_mean, val/loss, ...")
+            callbacks.append(ModelCheckpoint(dirpath=output_dir / "checkpoints", filename="best-epoch{epoch:03d}",
+                                             monitor=monitor, mode=ckpt.get("mode", "max"),
+                                             save_top_k=ckpt.get("save_top_k", 1), save_last=False,
+                                             auto_insert_metric_name=False))
     if cfg.get("lr_monitor", True) and has_logger:
         callbacks.append(LearningRateMonitor(logging_interval="step"))
-    bar = cfg.get("progress_bar", "tqdm")
+    bar = progress_bar_kind(cfg.get("progress_bar", "auto"))
     if bar == "rich":
         callbacks.append(RichProgressBar())
     elif bar == "tqdm":
         callbacks.append(TQDMProgressBar(refresh_rate=cfg.get("refresh_rate", 1)))
-    callbacks.append(MetricsByDimReport(output_dir))
-    return callbacks
+    else:
+        callbacks.append(EpochSummary())
+    return callbacks, recovery
+
+
+def progress_bar_kind(kind: str) -> str:
+    """``auto``: a tqdm bar on a terminal, plain per-epoch lines otherwise (scheduler logs stay readable)."""
+    if kind not in PROGRESS_BARS:
+        raise ConfigError("callbacks.progress_bar", f"unknown kind {kind!r}", f"choose one of {list(PROGRESS_BARS)}")
+    if kind == "auto":
+        return "tqdm" if sys.stderr.isatty() else "none"
+    return kind
 
 
 def _stage_metrics(module: MatryoshkaModule, trainer: L.Trainer, stage: str) -> dict[str, float]:
@@ -65,50 +130,144 @@ def _stage_metrics(module: MatryoshkaModule, trainer: L.Trainer, stage: str) -> 
     if module.results.get(stage):
         return dict(module.results[stage])
     prefix = f"{stage}/"
-    return {k[len(prefix):]: float(v) for k, v in trainer.callback_metrics.items()
-            if (k.startswith(prefix) and "@" in k) or k in (f"{prefix}top1_mean", f"{prefix}top5_mean")}
+    metrics = {k[len(prefix):]: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(prefix)}
+    if "num_samples" in metrics:
+        metrics["num_samples"] = int(metrics["num_samples"])
+    return metrics
+
+
+def _hydra_job() -> tuple[str | None, bool]:
+    """``(override_dirname, is_multirun)`` of the running Hydra job, ``(None, False)`` outside Hydra."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        hydra_cfg = HydraConfig.get()
+        return hydra_cfg.job.override_dirname, str(hydra_cfg.mode) == "RunMode.MULTIRUN"
+    except Exception:  # no Hydra app running (library use, tests composing configs)
+        return None, False
+
+
+def run_name(cfg: DictConfig, module: MatryoshkaModule) -> str:
+    """The W&B run name: the experiment and, in a multirun, the job's own overrides."""
+    overrides, multirun = _hydra_job()
+    if multirun and overrides:
+        return f"{cfg.experiment_name}:{overrides}"
+    return f"{cfg.experiment_name}-{module.head_type}-" + (str(module.nesting_dims[0]) if module.head_type == "ff" else "all")
+
+
+def _trainer_kwargs(cfg: DictConfig, validates: bool, bar: str, checkpoints: bool) -> dict[str, Any]:
+    kwargs = _plain(cfg.trainer)
+    for key in ("limit_train_batches", "limit_val_batches", "limit_test_batches"):
+        if kwargs.get(key) == 1.0:  # the default: passing it only makes Lightning print a note
+            kwargs.pop(key)
+    if not validates:
+        kwargs.update(limit_val_batches=0, num_sanity_val_steps=0)
+    if kwargs.get("strategy") in ("ddp", "ddp_spawn") and kwargs.get("accelerator") == "cpu":
+        os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
+    kwargs.update(enable_progress_bar=bar != "none", enable_checkpointing=checkpoints and validates)
+    return kwargs
+
+
+def finish_loggers(loggers: list, status: str) -> None:
+    """Close every logger; a W&B run is finished, so the next job of a multirun starts its own."""
+    for logger in loggers:
+        logger.finalize(status)
+        if isinstance(logger, WandbLogger) and logger._experiment is not None:
+            logger.experiment.finish(exit_code=0 if status == "success" else 1)
 
 
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Fit and/or test one model. Returns ``{"val": {...}, "test": {...}, "best_model_path": ...,
-    "output_dir": ...}`` with per-size metrics in percent."""
+    "last_model_path": ..., "output_dir": ...}`` with per-size metrics in percent.
+
+    Raises :class:`ConfigError` for bad input (before training), :class:`NonFiniteLossError` when the loss
+    diverges, :class:`TrainingInterrupted` on SIGTERM (after saving a checkpoint).
+    """
+    check_train_config(cfg)
+    quiet_known_warnings()
     test_checkpoint = cfg.get("test_checkpoint", "best")
-    if test_checkpoint not in ("best", "last"):
-        raise ConfigError("test_checkpoint", f"must be best or last, got {test_checkpoint!r}")
+    validation = cfg.data.get("validation", "holdout")
+    if test_checkpoint == "best" and validation == "none" and cfg.get("train", True):
+        raise ConfigError("test_checkpoint", "is best but data.validation=none gives nothing to pick it by",
+                          "set test_checkpoint=last (the final state), or data.validation=holdout")
     output_dir = Path(cfg.paths.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    L.seed_everything(cfg.seed, workers=True)
+    bar = progress_bar_kind((cfg.get("callbacks") or {}).get("progress_bar", "auto"))  # before the tee: a tty?
+    with tee_console(output_dir / "train.log"):
+        print(f"outputs: {output_dir.resolve()}", flush=True)
+        return _train(cfg, output_dir, test_checkpoint, validation, bar)
 
+
+def _train(cfg: DictConfig, output_dir: Path, test_checkpoint: str, validation: str, bar: str) -> dict[str, Any]:
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule = create_datamodule(**_plain(cfg.data))
     datamodule.setup("fit")
     module = build_module(_plain(cfg.model), datamodule)
+    validates = datamodule.val_set is not None
+    do_train = cfg.get("train", True)
     ckpt_path = cfg.get("ckpt_path")
+    if do_train:
+        ckpt_path = resolve_resume(ckpt_path, cfg.get("resume"), output_dir / "checkpoints")
     if ckpt_path:
         check_resume_compatible(ckpt_path, module)
+    if validation == "test":
+        print(f"warning: {VALIDATE_ON_TEST_WARNING}")
 
     dims = module.nesting_dims
     tags = [f"head={module.head_type}", f"dims={dims[0]}-{dims[-1]}x{len(dims)}", *cfg.get("tags", [])]
-    run_name = f"{cfg.experiment_name}-{module.head_type}-" + (str(dims[0]) if module.head_type == "ff" else "all")
-    loggers = create_loggers(_plain(cfg.get("logger")), output_dir, run_name, cfg.experiment_name, tags,
+    loggers = create_loggers(_plain(cfg.get("logger")), output_dir, run_name(cfg, module), cfg.experiment_name, tags,
                              config=_plain(cfg))
-    callbacks = build_callbacks(_plain(cfg.get("callbacks")) or {}, module, output_dir, bool(loggers))
-    trainer_kwargs = _plain(cfg.trainer)
-    if trainer_kwargs.get("strategy") == "ddp" and trainer_kwargs.get("accelerator") == "cpu":
-        os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
-    trainer = L.Trainer(**trainer_kwargs, logger=loggers, callbacks=callbacks, default_root_dir=str(output_dir))
+    callbacks, recovery = build_callbacks(_plain(cfg.get("callbacks")) or {}, module, output_dir, validates,
+                                          bool(loggers))
+    protocol = {"validation": validation, "test_checkpoint": test_checkpoint if do_train else "given",
+                "selected_on_test": validation == "test" and test_checkpoint == "best" and do_train}
+    report = MetricsByDimReport(output_dir, protocol=protocol)
+    callbacks.append(report)
+    trainer = L.Trainer(**_trainer_kwargs(cfg, validates, bar, recovery is not None), logger=loggers,
+                        callbacks=callbacks, plugins=[AtomicCheckpointIO()], default_root_dir=str(output_dir))
+    try:
+        results = _fit_and_test(cfg, trainer, module, datamodule, ckpt_path, test_checkpoint, recovery, report)
+    except SIGTERMException:
+        finish_loggers(loggers, "interrupted")
+        raise TrainingInterrupted(recovery.interrupted_path if recovery else None) from None
+    except BaseException:
+        finish_loggers(loggers, "failed")
+        raise
+    finish_loggers(loggers, "success")
+    _print_outputs(results, report)
+    return results
 
-    if cfg.get("train", True):
+
+def _fit_and_test(cfg, trainer, module, datamodule, ckpt_path, test_checkpoint, recovery, report) -> dict[str, Any]:
+    do_train = cfg.get("train", True)
+    if do_train:
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
-    results: dict[str, Any] = {"output_dir": str(output_dir), "val": _stage_metrics(module, trainer, "val")}
-    checkpoint = trainer.checkpoint_callback
-    trained = cfg.get("train", True) and checkpoint is not None
-    results["best_model_path"] = checkpoint.best_model_path if trained else ""
-    results["last_model_path"] = checkpoint.last_model_path if trained else ""
+    results: dict[str, Any] = {"output_dir": str(trainer.default_root_dir), "val": _stage_metrics(module, trainer, "val")}
+    best = trainer.checkpoint_callback if isinstance(trainer.checkpoint_callback, ModelCheckpoint) else None
+    saved = do_train and not trainer.fast_dev_run
+    results["best_model_path"] = best.best_model_path if (saved and best) else ""
+    results["last_model_path"] = str(recovery.last_path) if (saved and recovery and recovery.last_path.is_file()) else ""
+    if saved and ckpt_path and not results["last_model_path"]:
+        results["last_model_path"] = str(ckpt_path)  # resumed a finished run: the final state is the one given
     if cfg.get("test", True):
-        # Without training, test the given checkpoint; without checkpoints (fast_dev_run), the weights in memory.
-        test_ckpt = results[f"{test_checkpoint}_model_path"] if trained else (ckpt_path if not cfg.get("train", True) else None)
+        if not do_train:
+            test_ckpt = ckpt_path  # evaluate the given checkpoint
+        elif not saved:
+            test_ckpt = None  # fast_dev_run: the weights in memory
+        else:
+            test_ckpt = results[f"{test_checkpoint}_model_path"]
+            if not test_ckpt:
+                raise ConfigError("test_checkpoint", f"is {test_checkpoint} but no such checkpoint was saved",
+                                  "set test_checkpoint=last, or keep callbacks.checkpoint on")
+        report.protocol["tested_checkpoint"] = str(test_ckpt) if test_ckpt else "weights in memory"
         trainer.test(module, datamodule=datamodule, ckpt_path=test_ckpt or None, verbose=False)
         results["test"] = _stage_metrics(module, trainer, "test")
-    for logger in loggers:
-        logger.finalize("success")
     return results
+
+
+def _print_outputs(results: dict[str, Any], report: MetricsByDimReport) -> None:
+    lines = [f"{name}: {path}" for name, path in (("best checkpoint", results.get("best_model_path")),
+                                                  ("last checkpoint", results.get("last_model_path"))) if path]
+    lines += [f"table: {path}" for suffix, path in report.paths.items() if suffix in ("csv", "md")]
+    if lines:
+        print("\n".join(lines), flush=True)

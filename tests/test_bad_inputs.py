@@ -54,8 +54,9 @@ def test_unknown_data_set(make_cfg):
 
 
 def _folder_cfg(make_cfg, root, *extra):
+    # 4 images per class: half of train validates, so every class is on both sides of the hold-out
     return make_cfg(CSV, "data=image_folder", "model=digits_cnn", f"data.root={root}", "data.image_size=32",
-                    "data.num_workers=0", "trainer.max_epochs=1", *extra)
+                    "data.num_workers=0", "trainer.max_epochs=1", "data.val_fraction=0.5", *extra)
 
 
 def test_data_root_missing_empty_or_with_empty_class(make_cfg, tmp_path):
@@ -68,7 +69,7 @@ def test_data_root_missing_empty_or_with_empty_class(make_cfg, tmp_path):
     (root / "val" / "zebra").mkdir()
     _fails(_folder_cfg(make_cfg, root), "data.root", "['zebra']", "have no images")
     _fails(make_cfg(CSV, "data=image_folder"), "data.root", "is not set")
-    _fails(make_cfg(CSV, "+experiment=imagenet_resnet50", "data.root=null"), "data.root", "IMAGENET_DIR")
+    _fails(make_cfg(CSV, "+experiment=imagenet_resnet50", "trainer=cpu", "data.root=null"), "data.root", "IMAGENET_DIR")
 
 
 def test_train_and_val_class_sets_differ(make_cfg, tmp_path):
@@ -116,7 +117,7 @@ def test_resume_checkpoint_of_another_model(make_cfg, tmp_path):
            "nesting_dims=[8, 16, 32, 64, 128, 256]")
     root = write_image_folder(tmp_path / "three", size=16)
     _fails(make_cfg(CSV, "data=image_folder", "model=digits_mlp", f"data.root={root}", "data.image_size=16",
-                    f"ckpt_path={ckpt}", out="c"), "ckpt_path", "num_classes=10")
+                    "data.val_fraction=0.5", f"ckpt_path={ckpt}", out="c"), "ckpt_path", "num_classes=10")
     _fails(make_cfg(CSV, f"ckpt_path={tmp_path / 'missing.ckpt'}", out="d"), "ckpt_path", "does not exist")
     foreign = tmp_path / "foreign.ckpt"
     torch.save({"state_dict": {}}, foreign)

@@ -150,6 +150,7 @@ def test_ff_sweep_as_a_hydra_multirun(tmp_path):
                            f"hydra.sweep.dir={tmp_path}"], cwd=PROJECT_ROOT, env=env, capture_output=True, text=True,
                           timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    for job, dim in (("0", 8), ("1", 32)):
+    for job, dim in (("model.head=ff,model.nesting_dims=_8_,trainer.max_epochs=1", 8),
+                     ("model.head=ff,model.nesting_dims=_32_,trainer.max_epochs=1", 32)):
         rows = _read_csv(tmp_path / job / "metrics_by_dim.csv")
         assert [int(r["dim"]) for r in rows] == [dim]
