@@ -36,14 +36,13 @@ evaluators() {  # what to run on a model, and the SVD/random baselines at every 
 }
 
 train_model() {
-  local name=$1 dir=$STUDY_DIR/$1 resume=()
+  local name=$1 dir=$STUDY_DIR/$1
   if [[ -f $dir/metrics_by_dim.csv ]]; then echo "skip training $name (done)"; return; fi
-  # A run cut short (pre-empted, session ended) continues from its last checkpoint.
-  if [[ -f $dir/checkpoints/last.ckpt ]]; then resume=("ckpt_path=$dir/checkpoints/last.ckpt"); fi
-  echo "train $name ${resume[*]}"
+  echo "train $name"
+  # A run cut short (pre-empted, session ended) continues exactly from its newest checkpoint (resume=auto).
   # shellcheck disable=SC2046
-  "$PY" scripts/train.py +experiment=cifar10_resnet18_study "data.root=$CIFAR10" logger=csv callbacks.refresh_rate=50 \
-    "hydra.run.dir=$dir" $(overrides "$name") "${resume[@]}" "${EXTRA[@]}"
+  "$PY" scripts/train.py +experiment=cifar10_resnet18_study "data.root=$CIFAR10" logger=csv resume=auto \
+    callbacks.checkpoint.every_n_train_steps=100 "hydra.run.dir=$dir" $(overrides "$name") "${EXTRA[@]}"
 }
 
 evaluate_model() {
