@@ -83,9 +83,10 @@ def monitor_keys(dims: list[int]) -> list[str]:
     return ([f"val/top{k}@{m}" for k in (1, 5) for m in dims] + ["val/top1_mean", "val/top5_mean", "val/loss"])
 
 
-def build_callbacks(cfg: dict, module: MatryoshkaModule, output_dir: Path, validates: bool,
-                    has_logger: bool) -> tuple[list[L.Callback], RecoveryCheckpoint | None]:
-    """The run's callbacks, and the one that keeps ``last.ckpt`` (``None`` with ``checkpoint: null``)."""
+def build_callbacks(cfg: dict, module: MatryoshkaModule, output_dir: Path, validates: bool, has_logger: bool,
+                    bar: str) -> tuple[list[L.Callback], RecoveryCheckpoint | None]:
+    """The run's callbacks, and the one that keeps ``last.ckpt`` (``None`` with ``checkpoint: null``).
+    ``bar``: the resolved progress-bar kind (:func:`progress_bar_kind`)."""
     callbacks: list[L.Callback] = []
     recovery = None
     ckpt = cfg.get("checkpoint")
@@ -106,7 +107,6 @@ def build_callbacks(cfg: dict, module: MatryoshkaModule, output_dir: Path, valid
                                              auto_insert_metric_name=False))
     if cfg.get("lr_monitor", True) and has_logger:
         callbacks.append(LearningRateMonitor(logging_interval="step"))
-    bar = progress_bar_kind(cfg.get("progress_bar", "auto"))
     if bar == "rich":
         callbacks.append(RichProgressBar())
     elif bar == "tqdm":
@@ -218,7 +218,7 @@ def _train(cfg: DictConfig, output_dir: Path, test_checkpoint: str, validation: 
     loggers = create_loggers(_plain(cfg.get("logger")), output_dir, run_name(cfg, module), cfg.experiment_name, tags,
                              config=_plain(cfg))
     callbacks, recovery = build_callbacks(_plain(cfg.get("callbacks")) or {}, module, output_dir, validates,
-                                          bool(loggers))
+                                          bool(loggers), bar)
     protocol = {"validation": validation, "test_checkpoint": test_checkpoint if do_train else "given",
                 "selected_on_test": validation == "test" and test_checkpoint == "best" and do_train}
     report = MetricsByDimReport(output_dir, protocol=protocol)

@@ -370,3 +370,26 @@ def test_image_folder_reads_the_image_size_from_the_data(tmp_path):
     with pytest.raises(ConfigError, match=r"data.val_fraction: 0.1 of 9 training images holds out 1, which cannot "
                                           r"cover the 3 classes on both sides"):
         create_datamodule("image_folder", root=str(few), val_fraction=0.1, image_size=8).setup("fit")
+
+
+def test_the_progress_bar_shows_on_a_terminal_only(tmp_path):
+    import pty
+
+    master, slave = pty.openpty()
+    proc = subprocess.Popen([sys.executable, "scripts/train.py", "logger=csv", "trainer.max_epochs=1",
+                             f"hydra.run.dir={tmp_path / 'tty'}"], cwd=PROJECT_ROOT, env=ENV, stdout=slave,
+                            stderr=slave)
+    os.close(slave)
+    seen = b""
+    while True:
+        try:
+            chunk = os.read(master, 65536)
+        except OSError:  # the terminal closed: the run is over
+            break
+        if not chunk:
+            break
+        seen += chunk
+    assert proc.wait(timeout=600) == 0
+    text = seen.decode(errors="replace")
+    assert "Epoch 0: 100%" in text and "epoch 1/1  step" not in text  # tqdm, not the plain lines
+    assert "Epoch 0: 100%" in (tmp_path / "tty" / "train.log").read_text()  # the console, copied
