@@ -1,57 +1,71 @@
 #!/usr/bin/env bash
-# The CIFAR-10 reproduction (results/cifar10): MRL, MRL-E and FF-k for every k of the nesting list,
-# one recipe (configs/experiment/cifar10_resnet18_study.yaml); then each model's train/test
-# embeddings and every evaluator (database = train, queries = test); then the report.
+# The CIFAR-10 reproduction (results/cifar10): MRL, MRL-E and FF-k for every k of the nesting list, one recipe
+# (configs/experiment/cifar10_resnet18_study.yaml), seed 42; three seeds (42, 43, 44) for MRL and for FF at
+# 2, 8, 64 and 512. Each model: train, embed train/test, every evaluator (database = train, queries = test).
 #   CIFAR10=/path/to/cifar10-jpeg.tar.gz scripts/cifar10_study.sh [extra train overrides]
-# Each model lives in $STUDY_DIR/<name>. Finished steps are skipped and a cut-short training resumes
-# from its last.ckpt, so a re-run (or a later session) picks up where the last one stopped.
-# STAGES="train eval report" selects the stages (default: all three).
+#
+# Resumable across machines: a finished model's small outputs (metrics, curves, evaluator tables, configs,
+# commands; no checkpoints or embeddings) are copied to $RESULTS_DIR/runs/<model>/ and, with COMMIT=1,
+# committed, so a later session skips every model whose outputs are committed and continues with the next.
+# Inside a machine, a cut-short training resumes exactly from its newest checkpoint (resume=auto).
+# STAGES="train eval collect report" selects the stages (default: all); MODELS="mrl ff8" a subset.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-python}
 STUDY_DIR=${STUDY_DIR:-logs/cifar10_study}
 RESULTS_DIR=${RESULTS_DIR:-results/cifar10}
-STAGES=${STAGES:-train eval report}
+STAGES=${STAGES:-train eval collect report}
+COMMIT=${COMMIT:-0}
 CIFAR10=${CIFAR10:?set CIFAR10 to the CIFAR-10 archive, ImageFolder root or torchvision folder}
 DIMS=(1 2 4 8 16 32 64 128 256 512)
-MODELS=(mrl mrle); for k in "${DIMS[@]}"; do MODELS+=("ff$k"); done
+SEEDS=(43 44)            # extra seeds, beside 42, for the noise bars
+NOISE_FF=(2 8 64 512)
+if [[ -z ${MODELS:-} ]]; then
+  MODELS="mrl mrle"; for k in "${DIMS[@]}"; do MODELS+=" ff$k"; done
+  for s in "${SEEDS[@]}"; do MODELS+=" mrl-seed$s"; for k in "${NOISE_FF[@]}"; do MODELS+=" ff$k-seed$s"; done; done
+fi
 EXTRA=("$@")
-DATA=(data=cifar10 "data.root=$CIFAR10" data.verify_images=false)
 
-overrides() {  # the head of a model name
-  case $1 in
-    mrl) echo model.head=mrl ;;
-    mrle) echo model.head=mrle ;;
-    ff*) echo "model.head=ff model.nesting_dims=[${1#ff}]" ;;
+head_overrides() {  # mrl | mrle | ff<k>, with an optional -seed<s>
+  local base=${1%%-seed*} seed=42
+  [[ $1 == *-seed* ]] && seed=${1##*-seed}
+  case $base in
+    mrl) echo "model.head=mrl seed=$seed" ;;
+    mrle) echo "model.head=mrle seed=$seed" ;;
+    ff*) echo "model.head=ff model.nesting_dims=[${base#ff}] seed=$seed" ;;
   esac
 }
 
-evaluators() {  # what to run on a model, and the SVD/random baselines at every size on FF-512
+evaluators() {  # what to run on a model; the SVD/random baselines at every size on FF-512
   local dims; dims=$(IFS=,; echo "${DIMS[*]}")
-  case $1 in
+  case ${1%%-seed*} in
     mrl|mrle) echo "evaluators=[classification,adaptive_classification,retrieval,adaptive_retrieval]" ;;
     ff512) echo "evaluators=[classification,retrieval,baselines] baselines.dims=[$dims]" ;;
     ff*) echo "evaluators=[classification,retrieval]" ;;
   esac
 }
 
+committed() { [[ -f $RESULTS_DIR/runs/$1/DONE ]]; }
+
 train_model() {
   local name=$1 dir=$STUDY_DIR/$1
-  if [[ -f $dir/metrics_by_dim.csv ]]; then echo "skip training $name (done)"; return; fi
-  echo "train $name"
-  # A run cut short (pre-empted, session ended) continues exactly from its newest checkpoint (resume=auto).
+  if committed "$name" || [[ -f $dir/metrics_by_dim.csv ]]; then echo "skip training $name (done)"; return; fi
+  echo "train $name ($(date -u +%H:%M))"
   # shellcheck disable=SC2046
-  "$PY" scripts/train.py +experiment=cifar10_resnet18_study "data.root=$CIFAR10" logger=csv resume=auto \
-    callbacks.checkpoint.every_n_train_steps=100 "hydra.run.dir=$dir" $(overrides "$name") "${EXTRA[@]}"
+  "$PY" scripts/train.py +experiment=cifar10_resnet18_study "data.root=$CIFAR10" data.verify_images=false logger=csv \
+    resume=auto callbacks.checkpoint.every_n_train_steps=100 "hydra.run.dir=$dir" $(head_overrides "$name") \
+    "${EXTRA[@]}"
 }
 
 evaluate_model() {
-  local name=$1 dir=$STUDY_DIR/$1
+  local name=$1 dir=$STUDY_DIR/$1 seed
+  if committed "$name"; then echo "skip evaluating $name (committed)"; return; fi
   if [[ ! -f $dir/metrics_by_dim.csv ]]; then echo "skip evaluating $name (not trained)"; return; fi
+  seed=$(head_overrides "$name"); seed=${seed##*seed=}
   if [[ ! -f $dir/embeddings/test/meta.json ]]; then
     echo "embed $name"
-    "$PY" scripts/embed.py "ckpt_path=$dir/checkpoints/last.ckpt" "${DATA[@]}" dtype=float32 \
-      "output_dir=$dir/embeddings" "hydra.run.dir=$dir/embeddings/hydra"
+    "$PY" scripts/embed.py "ckpt_path=$dir/checkpoints/last.ckpt" data=cifar10 "data.root=$CIFAR10" \
+      data.verify_images=false "seed=$seed" dtype=float32 "output_dir=$dir/embeddings" "hydra.run.dir=$dir/embeddings/hydra"
   fi
   if [[ ! -f $dir/eval/DONE ]]; then
     echo "evaluate $name"
@@ -62,10 +76,25 @@ evaluate_model() {
   fi
 }
 
-for name in "${MODELS[@]}"; do
+collect_model() {  # the small outputs of a finished model into results, committed with COMMIT=1
+  local name=$1 dir=$STUDY_DIR/$1 out=$RESULTS_DIR/runs/$1
+  if committed "$name" || [[ ! -f $dir/eval/DONE ]]; then return; fi
+  rm -rf "$out" && mkdir -p "$out"
+  (cd "$dir" && find . \( -name checkpoints -o -name wandb -o -name '*.npy' \) -prune -o -type f \
+      \( -name '*.csv' -o -name '*.json' -o -name '*.md' -o -name '*.yaml' -o -name '*.txt' -o -name '*.log' \) -print0 |
+    xargs -0 -I{} cp --parents {} "$OLDPWD/$out/")
+  date -u +%Y-%m-%dT%H:%M:%SZ > "$out/DONE"
+  if [[ $COMMIT == 1 ]]; then
+    git add "$out" && git commit -q -m "CIFAR-10 study: $name (metrics, curves, evaluator tables, configs, commands)" -- "$out"
+    echo "committed $out"
+  fi
+}
+
+for name in $MODELS; do
   [[ " $STAGES " == *" train "* ]] && train_model "$name"
   [[ " $STAGES " == *" eval "* ]] && evaluate_model "$name"
+  [[ " $STAGES " == *" collect "* ]] && collect_model "$name"
 done
 if [[ " $STAGES " == *" report "* ]]; then
-  "$PY" scripts/report.py --study-dir "$STUDY_DIR" --out "$RESULTS_DIR"
+  "$PY" scripts/report.py --dir "$RESULTS_DIR/runs" --out "$RESULTS_DIR"
 fi
