@@ -79,13 +79,13 @@ evaluate_model() {
 collect_model() {  # the small outputs of a finished model into results, committed with COMMIT=1
   local name=$1 dir=$STUDY_DIR/$1 out=$RESULTS_DIR/runs/$1
   if committed "$name" || [[ ! -f $dir/eval/DONE ]]; then return; fi
-  rm -rf "$out" && mkdir -p "$out"
+  rm -rf "$out" && mkdir -p "$out" && out=$(realpath "$out")
   (cd "$dir" && find . \( -name checkpoints -o -name wandb -o -name '*.npy' \) -prune -o -type f \
       \( -name '*.csv' -o -name '*.json' -o -name '*.md' -o -name '*.yaml' -o -name '*.txt' -o -name '*.log' \) -print0 |
-    xargs -0 -I{} cp --parents {} "$OLDPWD/$out/")
+    xargs -0 -I{} cp --parents {} "$out/")
   date -u +%Y-%m-%dT%H:%M:%SZ > "$out/DONE"
   if [[ $COMMIT == 1 ]]; then
-    git add "$out" && git commit -q -m "CIFAR-10 study: $name (metrics, curves, evaluator tables, configs, commands)" -- "$out"
+    (cd "$out" && git add . && git commit -q -m "CIFAR-10 study: $name (metrics, curves, evaluator tables, configs, commands)" -- .)
     echo "committed $out"
   fi
 }
