@@ -115,6 +115,19 @@ def test_a_kill_during_a_save_never_truncates_the_checkpoint(tmp_path):
     tmpdir.rmdir()
 
 
+def test_training_saves_every_checkpoint_through_the_atomic_writer(make_cfg, tmp_path, monkeypatch):
+    from mrl.checkpointing import AtomicCheckpointIO
+
+    saved = []
+    original = AtomicCheckpointIO.save_checkpoint
+    monkeypatch.setattr(AtomicCheckpointIO, "save_checkpoint",
+                        lambda self, ckpt, path, storage_options=None: saved.append(Path(path).name) or original(self, ckpt, path))
+    train(make_cfg(*QUIET, "trainer.max_epochs=2", "callbacks.checkpoint.every_n_train_steps=10"))
+    on_disk = {p.name for p in (tmp_path / "run" / "checkpoints").iterdir()}
+    assert on_disk <= set(saved) | {"last.ckpt"} and {"last.ckpt", "best-epoch001.ckpt"} <= set(saved) | on_disk
+    assert saved.count("last.ckpt") == 2 and "epoch000-step00000010.ckpt" in saved
+
+
 def test_sigterm_saves_a_checkpoint_and_exits_non_zero_without_results(tmp_path):
     run = tmp_path / "run"
     proc = start_train(*QUIET, "trainer.max_epochs=500", "callbacks.checkpoint.every_n_train_steps=7",
