@@ -195,7 +195,8 @@ class EmbeddingWriter(L.Callback):
         labels[self.done:stop] = outputs["labels"].cpu().numpy()
         self.done = stop
         if trainer.is_global_zero and not trainer.progress_bar_callback and stop >= self._next_report * self.rows:
-            print(f"embedding {self.split}: {100 * stop / self.rows:.0f}% ({stop}/{self.rows} rows on rank 0)", flush=True)
+            print(f"embedding {self.split}: {100 * stop / self.rows:.0f}% ({stop}/{self.rows} rows on rank 0)",
+                  flush=True)
             self._next_report += self.progress_every
 
     def on_predict_end(self, trainer: L.Trainer, pl_module) -> None:
@@ -310,8 +311,9 @@ def _module_from_checkpoint(path: Path, datamodule):
     if stored:
         for key, value in datamodule.split_signature().items():
             if stored.get(key) != value:
-                raise ConfigError(f"data.{key}", f"is {value!r} but the checkpoint was trained with {stored.get(key)!r}, "
-                                  "so the splits would differ", f"set data.{key}={stored.get(key)}")
+                raise ConfigError(f"data.{key}", f"is {value!r} but the checkpoint was trained with "
+                                  f"{stored.get(key)!r}, so the splits would differ",
+                                  f"set data.{key}={stored.get(key)}")
     trained = module.hparams.backbone
     for key, value in (("image_size", datamodule.image_size), ("in_chans", datamodule.in_chans)):
         if trained.get(key) not in (None, value):

@@ -167,10 +167,11 @@ class MatryoshkaModule(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        split = datamodule.split_signature() if hasattr(datamodule, "split_signature") else None
         checkpoint[CHECKPOINT_KEY] = {"head": self.head_type, "nesting_dims": list(self.nesting_dims),
                                       "num_classes": self.hparams.num_classes, "class_names": self.class_names,
                                       "width": self.model.width, "backbone": self.hparams.backbone.get("name"),
-                                      "data_split": datamodule.split_signature() if hasattr(datamodule, "split_signature") else None}
+                                      "data_split": split}
         checkpoint[RNG_KEY] = gather_rng_states(self.trainer.world_size if self._trainer is not None else 1)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:

@@ -28,7 +28,7 @@ from mrl.console import quiet_known_warnings, tee_console
 from mrl.data import create_datamodule
 from mrl.data.datamodules import VALIDATE_ON_TEST_WARNING
 from mrl.errors import ConfigError
-from mrl.lightning import MatryoshkaModule, NonFiniteLossError, check_resume_compatible
+from mrl.lightning import MatryoshkaModule, check_resume_compatible
 from mrl.loggers import create_loggers
 
 
@@ -73,8 +73,9 @@ def build_module(model_cfg: dict, datamodule) -> MatryoshkaModule:
     if backbone.get("name") == "mlp":
         first_layer = datamodule.in_chans * datamodule.image_size ** 2 * backbone.get("hidden_dim", 512)
         if first_layer > 10_000_000:
-            print(f"warning: model.backbone.name=mlp on {datamodule.image_size} px images has a {first_layer / 1e6:.0f}M-"
-                  "parameter first layer; set data.image_size smaller or choose a convolutional backbone")
+            print(f"warning: model.backbone.name=mlp on {datamodule.image_size} px images has a "
+                  f"{first_layer / 1e6:.0f}M-parameter first layer; set data.image_size smaller or choose a "
+                  "convolutional backbone")
     return module
 
 
@@ -91,7 +92,8 @@ def build_callbacks(cfg: dict, module: MatryoshkaModule, output_dir: Path, valid
     recovery = None
     ckpt = cfg.get("checkpoint")
     if ckpt:
-        recovery = RecoveryCheckpoint(output_dir / "checkpoints", every_n_train_steps=ckpt.get("every_n_train_steps") or 0,
+        recovery = RecoveryCheckpoint(output_dir / "checkpoints",
+                                      every_n_train_steps=ckpt.get("every_n_train_steps") or 0,
                                       keep_step_checkpoints=ckpt.get("keep_step_checkpoints", 2))
         callbacks.append(recovery)
         if validates:  # the best checkpoint by a validation metric (never on test: see data.validation)
@@ -152,7 +154,8 @@ def run_name(cfg: DictConfig, module: MatryoshkaModule) -> str:
     overrides, multirun = _hydra_job()
     if multirun and overrides:
         return f"{cfg.experiment_name}:{overrides}"
-    return f"{cfg.experiment_name}-{module.head_type}-" + (str(module.nesting_dims[0]) if module.head_type == "ff" else "all")
+    sizes = str(module.nesting_dims[0]) if module.head_type == "ff" else "all"
+    return f"{cfg.experiment_name}-{module.head_type}-{sizes}"
 
 
 def _trainer_kwargs(cfg: DictConfig, validates: bool, bar: str, checkpoints: bool) -> dict[str, Any]:
@@ -242,11 +245,13 @@ def _fit_and_test(cfg, trainer, module, datamodule, ckpt_path, test_checkpoint, 
     do_train = cfg.get("train", True)
     if do_train:
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
-    results: dict[str, Any] = {"output_dir": str(trainer.default_root_dir), "val": _stage_metrics(module, trainer, "val")}
+    results: dict[str, Any] = {"output_dir": str(trainer.default_root_dir),
+                               "val": _stage_metrics(module, trainer, "val")}
     best = trainer.checkpoint_callback if isinstance(trainer.checkpoint_callback, ModelCheckpoint) else None
     saved = do_train and not trainer.fast_dev_run
     results["best_model_path"] = best.best_model_path if (saved and best) else ""
-    results["last_model_path"] = str(recovery.last_path) if (saved and recovery and recovery.last_path.is_file()) else ""
+    has_last = saved and recovery is not None and recovery.last_path.is_file()
+    results["last_model_path"] = str(recovery.last_path) if has_last else ""
     if saved and ckpt_path and not results["last_model_path"]:
         results["last_model_path"] = str(ckpt_path)  # resumed a finished run: the final state is the one given
     if cfg.get("test", True):

@@ -31,8 +31,8 @@ def test_cifar10_killed_mid_epoch_resumes_to_the_uninterrupted_numbers(tmp_path)
 
     args = ["+experiment=cifar10_resnet18", "logger=csv", "callbacks.progress_bar=none", f"data.root={CIFAR10_TAR}",
             "data.verify_images=false", "data.num_workers=2", "trainer.max_epochs=2", "trainer.limit_train_batches=40",
-            "trainer.limit_val_batches=5", "trainer.limit_test_batches=10", "callbacks.checkpoint.every_n_train_steps=15",
-            "test_checkpoint=last"]
+            "trainer.limit_val_batches=5", "trainer.limit_test_batches=10",
+            "callbacks.checkpoint.every_n_train_steps=15", "test_checkpoint=last"]
     reference = train_script(*args, f"hydra.run.dir={tmp_path / 'reference'}")
     assert reference.returncode == 0, reference.stderr[-3000:]
     run = tmp_path / "killed"

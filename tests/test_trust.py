@@ -120,8 +120,11 @@ def test_training_saves_every_checkpoint_through_the_atomic_writer(make_cfg, tmp
 
     saved = []
     original = AtomicCheckpointIO.save_checkpoint
-    monkeypatch.setattr(AtomicCheckpointIO, "save_checkpoint",
-                        lambda self, ckpt, path, storage_options=None: saved.append(Path(path).name) or original(self, ckpt, path))
+    def recording(self, checkpoint, path, storage_options=None):
+        saved.append(Path(path).name)
+        original(self, checkpoint, path)
+
+    monkeypatch.setattr(AtomicCheckpointIO, "save_checkpoint", recording)
     train(make_cfg(*QUIET, "trainer.max_epochs=2", "callbacks.checkpoint.every_n_train_steps=10"))
     on_disk = {p.name for p in (tmp_path / "run" / "checkpoints").iterdir()}
     assert on_disk <= set(saved) | {"last.ckpt"} and {"last.ckpt", "best-epoch001.ckpt"} <= set(saved) | on_disk

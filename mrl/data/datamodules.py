@@ -76,7 +76,7 @@ class ClassificationDataModule(L.LightningDataModule):
         if validation not in VALIDATION_MODES:
             raise ConfigError("data.validation", f"unknown mode {validation!r}",
                               f"choose one of {list(VALIDATION_MODES)} (holdout: part of train)")
-        if image_size is not None and (isinstance(image_size, bool) or not isinstance(image_size, int) or image_size <= 0):
+        if image_size is not None and (type(image_size) is not int or image_size <= 0):
             raise ConfigError("data.image_size", f"must be a positive integer, got {image_size!r}",
                               "e.g. data.image_size=32 (or null for image_folder to read it from the images)")
         self.batch_size = batch_size
