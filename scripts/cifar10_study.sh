@@ -50,11 +50,16 @@ committed() { [[ -f $RESULTS_DIR/runs/$1/DONE ]]; }
 train_model() {
   local name=$1 dir=$STUDY_DIR/$1
   if committed "$name" || [[ -f $dir/metrics_by_dim.csv ]]; then echo "skip training $name (done)"; return; fi
+  # One process per run directory: a second driver (a stray one from an earlier start) skips it.
+  mkdir -p "$STUDY_DIR"
+  exec 9>"$STUDY_DIR/.$name.lock"
+  if ! flock -n 9; then echo "skip training $name (another process is training it)"; exec 9>&-; return; fi
   echo "train $name ($(date -u +%H:%M))"
   # shellcheck disable=SC2046
   "$PY" scripts/train.py +experiment=cifar10_resnet18_study "data.root=$CIFAR10" data.verify_images=false logger=csv \
     resume=auto callbacks.checkpoint.every_n_train_steps=100 "hydra.run.dir=$dir" $(head_overrides "$name") \
-    "${EXTRA[@]}"
+    "${EXTRA[@]}"  # the trainer inherits the lock: it stays held while it runs, even if this driver is killed
+  exec 9>&-
 }
 
 evaluate_model() {
