@@ -197,6 +197,21 @@ def test_ties_are_broken_by_database_index_in_every_backend(rng, n_queries):
             np.testing.assert_allclose(scores, np.take_along_axis(sims, expected, axis=1), atol=1e-5)
 
 
+def test_ties_wider_than_the_search_fall_back_to_an_exhaustive_scan(rng):
+    """A 1-dim prefix normalises to +1 or -1: half the database ties with every query. The searches stop
+    deepening at k + 256 and rank the rest exhaustively: still the lowest tied indices, in every backend."""
+    db = rng.standard_normal((3000, 1))
+    q = rng.standard_normal((40, 1))
+    expected = np.array([np.argsort(-(np.sign(x) * np.sign(db[:, 0])), kind="stable")[:10] for x in q[:, 0]])
+    for name, (scores, idx) in {
+        "faiss exact": search(db, q, 10),
+        "faiss hnsw": search(db, q, 10, method="hnsw", hnsw_m=8, ef_construction=32),
+        "torch": _torch_exact_search(l2_normalize_prefix(db), l2_normalize_prefix(q), 10, "cpu"),
+    }.items():
+        np.testing.assert_array_equal(idx, expected, err_msg=name)
+        np.testing.assert_allclose(np.abs(scores), 1.0, atol=1e-6)
+
+
 def test_hnsw_recall_against_exact(rng):
     db = rng.standard_normal((2000, 16)).astype(np.float32)
     q = rng.standard_normal((100, 16)).astype(np.float32)

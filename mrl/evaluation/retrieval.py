@@ -161,21 +161,25 @@ def build_index(database: Any, method: str = "exact", hnsw_m: int = 32, ef_const
 
 
 def _top_k_ties_by_index(run: Callable[[Any, int], tuple[np.ndarray, np.ndarray]], num_queries: int, k: int,
-                         num_database: int) -> tuple[np.ndarray, np.ndarray]:
+                         num_database: int, exhaustive: Callable[[np.ndarray, int], tuple[np.ndarray, np.ndarray]],
+                         ) -> tuple[np.ndarray, np.ndarray]:
     """The ``k`` best of each query, best first, equal scores in increasing database index.
 
     ``run(rows, length)`` returns the ``length`` best ``(scores, indices)`` of the queries ``rows`` (a slice or
     an index array), best first in any order among equal scores (padding: index -1, score -inf). A backend
     keeps an arbitrary subset of the items tied at its cut-off, so each query is searched one item deeper than
     ``k``; a query whose last item still ties with its k-th may have more of that score beyond the list and is
-    searched again with a list twice as long, until the list ends on a lower score or holds the whole database.
-    Then every list is sorted by (score descending, index ascending).
+    searched again with a list twice as long, up to ``max(4 (k + 1), k + 256)``. The few queries still open
+    then (a tie as wide as a class of duplicates, or a 1-dim prefix where half the database scores the same)
+    go to ``exhaustive(rows, k)``: every database item scored, a stable sort. Then every list is sorted by
+    (score descending, index ascending).
     """
     scores_out = np.empty((num_queries, k), dtype=np.float32)
     idx_out = np.empty((num_queries, k), dtype=np.int64)
     pending: Any = slice(None)
     todo = np.arange(num_queries)
     length = min(k + 1, num_database)
+    deepest = min(num_database, max(4 * (k + 1), k + 256))
     while True:
         scores, indices = run(pending, length)
         if length < num_database:
@@ -190,7 +194,23 @@ def _top_k_ties_by_index(run: Callable[[Any, int], tuple[np.ndarray, np.ndarray]
             return scores_out, idx_out
         todo = todo[open_]
         pending = todo
+        if length >= deepest:
+            scores_out[todo], idx_out[todo] = exhaustive(todo, k)
+            return scores_out, idx_out
         length = min(2 * length, num_database)
+
+
+def _exhaustive_top_k(database: np.ndarray, queries: np.ndarray, rows: np.ndarray, k: int,
+                      chunk: int = 256) -> tuple[np.ndarray, np.ndarray]:
+    """Exact top-``k`` of ``queries[rows]`` over every database row, equal scores in increasing index."""
+    scores_out = np.empty((len(rows), k), dtype=np.float32)
+    idx_out = np.empty((len(rows), k), dtype=np.int64)
+    for start in range(0, len(rows), chunk):
+        scores = queries[rows[start:start + chunk]] @ database.T
+        order = np.argsort(-scores, axis=1, kind="stable")[:, :k]  # stable: lower index first among equals
+        scores_out[start:start + chunk] = np.take_along_axis(scores, order, axis=1)
+        idx_out[start:start + chunk] = order
+    return scores_out, idx_out
 
 
 def search_index(index, queries: Any, k: int, ef_search: int = 128) -> tuple[np.ndarray, np.ndarray]:
@@ -215,7 +235,10 @@ def search_index(index, queries: Any, k: int, ef_search: int = 128) -> tuple[np.
         scores, indices = index.search(queries[rows], length)
         return np.where(indices < 0, -np.inf, scores).astype(np.float32), indices.astype(np.int64, copy=False)
 
-    return _top_k_ties_by_index(run, len(queries), k, index.ntotal)
+    def exhaustive(rows: np.ndarray, length: int) -> tuple[np.ndarray, np.ndarray]:
+        return _exhaustive_top_k(index.reconstruct_n(0, index.ntotal), queries, rows, length)
+
+    return _top_k_ties_by_index(run, len(queries), k, index.ntotal, exhaustive)
 
 
 def _torch_exact_search(database: np.ndarray, queries: np.ndarray, k: int, device: str,
@@ -238,8 +261,11 @@ def _torch_exact_search(database: np.ndarray, queries: np.ndarray, k: int, devic
             idx_out[start:start + len(q)] = top.indices.cpu().numpy()
         return scores_out, idx_out
 
+    def exhaustive(rows: np.ndarray, length: int) -> tuple[np.ndarray, np.ndarray]:
+        return _exhaustive_top_k(np.ascontiguousarray(database, dtype=np.float32), queries, rows, length)
+
     with torch.no_grad():
-        return _top_k_ties_by_index(run, len(queries), k, len(database))
+        return _top_k_ties_by_index(run, len(queries), k, len(database), exhaustive)
 
 
 def search(database: Any, queries: Any, k: int, method: str = "exact", hnsw_m: int = 32,
