@@ -156,8 +156,10 @@ def remove_stale_temporaries(folder: Path) -> None:
             tmp.unlink(missing_ok=True)
 
 
-def resolve_resume(ckpt_path: str | None, resume: str | bool | None, checkpoint_dir: Path) -> str | None:
-    """The checkpoint to resume from, or ``None`` to start afresh.
+def resolve_resume(ckpt_path: str | None, resume: str | bool | None,
+                   checkpoint_dir: Path) -> tuple[str, dict[str, Any]] | None:
+    """``(path, checkpoint)`` to resume from (the checkpoint already read, so callers need not read it
+    again), or ``None`` to start afresh.
 
     ``ckpt_path`` wins; with ``resume=auto`` the newest checkpoint in ``checkpoint_dir`` is taken (none:
     a fresh start). A checkpoint that cannot be read is replaced by the newest readable one beside it,
@@ -183,7 +185,7 @@ def resolve_resume(ckpt_path: str | None, resume: str | bool | None, checkpoint_
     problems = []
     for path in candidates:
         try:
-            read_checkpoint(path)
+            checkpoint, _ = read_checkpoint(path)
         except ConfigError as err:
             problems.append(str(err).split("; ")[0].removeprefix("ckpt_path: "))
             warnings.warn(f"cannot resume from {path} ({problems[-1]}); trying an older checkpoint", stacklevel=2)
@@ -192,6 +194,6 @@ def resolve_resume(ckpt_path: str | None, resume: str | bool | None, checkpoint_
             print(f"warning: {first} is unreadable; resuming from {path}, the newest readable checkpoint beside it")
         elif first is None:
             print(f"resume=auto: resuming from {path}")
-        return str(path)
+        return str(path), checkpoint
     raise ConfigError("ckpt_path", f"no readable checkpoint in {folder} ({problems[0]})",
                       "give a checkpoint written by scripts/train.py, or start afresh without ckpt_path/resume")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -224,10 +225,11 @@ def gather_rng_states(world_size: int) -> list[dict[str, Any]]:
     return [state]
 
 
-def check_resume_compatible(checkpoint_path: str, module: MatryoshkaModule) -> None:
-    """Fail before training when a resume checkpoint was made for another head, sizes, classes or
-    backbone (anything that would end in a state-dict mismatch)."""
-    ckpt, meta = read_checkpoint(checkpoint_path)
+def check_resume_compatible(checkpoint: str | dict[str, Any], module: MatryoshkaModule) -> None:
+    """Fail before training when a checkpoint (a path, or one already read) was made for another head,
+    sizes, classes or backbone (anything that would end in a state-dict mismatch)."""
+    ckpt = read_checkpoint(checkpoint)[0] if isinstance(checkpoint, (str, Path)) else checkpoint
+    meta = ckpt[CHECKPOINT_KEY]
     mine = {"head": module.head_type, "nesting_dims": list(module.nesting_dims),
             "num_classes": module.hparams.num_classes}
     for key, value in mine.items():

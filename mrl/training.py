@@ -208,11 +208,11 @@ def _train(cfg: DictConfig, output_dir: Path, test_checkpoint: str, validation: 
     module = build_module(_plain(cfg.model), datamodule)
     validates = datamodule.val_set is not None
     do_train = cfg.get("train", True)
-    ckpt_path = cfg.get("ckpt_path")
+    ckpt_path = checkpoint = cfg.get("ckpt_path")
     if do_train:
-        ckpt_path = resolve_resume(ckpt_path, cfg.get("resume"), output_dir / "checkpoints")
+        ckpt_path, checkpoint = resolve_resume(ckpt_path, cfg.get("resume"), output_dir / "checkpoints") or (None, None)
     if ckpt_path:
-        check_resume_compatible(ckpt_path, module)
+        check_resume_compatible(checkpoint, module)
     if validation == "test":
         print(f"warning: {VALIDATE_ON_TEST_WARNING}")
 

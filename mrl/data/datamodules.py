@@ -144,9 +144,6 @@ class ClassificationDataModule(L.LightningDataModule):
         sampler = EpochSampler(len(self.train_set), self.seed, num_replicas=world, rank=rank)
         resume = getattr(self, "_resume_state", None)
         if resume:
-            # Loader workers draw indices as soon as Lightning creates the iterator, which for a resumed
-            # run is before it sets the epoch: the sampler must already be in the right one.
-            sampler.set_epoch(resume["epoch"])
             sampler.resume_at(resume["epoch"], resume["samples_done"])
             self._resume_state = None
         return ResumableDataLoader(SeededAugmentation(self.train_set), batch_size=self.batch_size, sampler=sampler,

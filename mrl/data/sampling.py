@@ -49,7 +49,10 @@ class EpochSampler(DistributedSampler):
         return order[self.rank:self.total_size:self.num_replicas], seed_base
 
     def resume_at(self, epoch: int, samples_done: int) -> None:
-        """The next pass over ``epoch`` starts after its first ``samples_done`` samples (this rank's)."""
+        """Move to ``epoch``, whose next pass starts after its first ``samples_done`` samples (this rank's).
+        The epoch is set here because loader workers draw indices as soon as an iterator exists, which for a
+        resumed run is before Lightning calls ``set_epoch``."""
+        self.set_epoch(epoch)
         self._resume = (epoch, samples_done)
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
@@ -102,7 +105,6 @@ class ResumableDataLoader(DataLoader):
         return self.progress()
 
     def load_state_dict(self, state: dict[str, int]) -> None:
-        self.sampler.set_epoch(int(state["epoch"]))
         self.sampler.resume_at(int(state["epoch"]), int(state["samples_done"]))
 
 
