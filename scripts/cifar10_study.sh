@@ -90,8 +90,15 @@ collect_model() {  # the small outputs of a finished model into results, committ
     xargs -0 -I{} cp --parents {} "$out/")
   date -u +%Y-%m-%dT%H:%M:%SZ > "$out/DONE"
   if [[ $COMMIT == 1 ]]; then
-    (cd "$out" && git add . && git commit -q -m "CIFAR-10 study: $name (metrics, curves, evaluator tables, configs, commands)" -- .)
-    echo "committed $out"
+    # Retried: a git command of someone working in the same checkout may hold the index lock for a moment.
+    local try
+    for try in 1 2 3 4 5 6; do
+      if (cd "$out" && git add . && git commit -q -m "CIFAR-10 study: $name (metrics, curves, evaluator tables, configs, commands)" -- .); then
+        echo "committed $out"; return
+      fi
+      sleep $((try * 5))
+    done
+    echo "could not commit $out: commit it by hand" >&2
   fi
 }
 
