@@ -2,15 +2,21 @@
 the library behind ``scripts/report.py``.
 
 A study directory holds one Hydra run directory per model, named ``mrl``, ``mrle`` and ``ff<k>`` (FF-k:
-the fixed-feature baseline trained at size k), as ``scripts/cifar10_study.sh`` lays it out; a single run
-directory is reported on its own (:func:`collect` tells which it was given). Each run directory has
-``metrics_by_dim.csv`` (training's test top-1/top-5 per size), ``.hydra/{config,overrides,hydra}.yaml``
-and, after the evaluation stage, ``eval/`` with the tables of :mod:`mrl.evaluation.run`
-(``classification``, ``retrieval``, ``adaptive_classification``, ``adaptive_retrieval``, and for the
-full-width FF model ``baselines``). Every number in the report is read from those files (percentages, as
-written there); a missing model or table is listed in :attr:`Study.missing` and left empty, since
-the study runs in stages. A file that is there but does not parse is a one-line
-:class:`~mrl.errors.ConfigError` naming it, raised before anything is written.
+the fixed-feature baseline trained at size k), and seed replicas of them named ``<model>-seed<s>``
+(``mrl-seed43``, ``ff8-seed44``), as ``scripts/cifar10_study.sh`` lays it out; a single run directory is
+reported on its own (:func:`collect` tells which it was given). Each run directory has ``metrics_by_dim.csv``
+(training's test top-1/top-5 per size), ``.hydra/{config,overrides,hydra}.yaml``, ``csv/metrics.csv``
+(Lightning's log, read for the validation curve) and, after the evaluation stage, ``eval/`` with the tables
+of :mod:`mrl.evaluation.run` (``classification``, ``retrieval``, ``adaptive_classification``,
+``adaptive_retrieval``, and for the full-width FF model ``baselines``). Every number in the report is read
+from those files (percentages, as written there); a missing model or table is listed in
+:attr:`Study.missing` and left empty, since the study runs in stages. A file that is there but does not
+parse is a one-line :class:`~mrl.errors.ConfigError` naming it, raised before anything is written.
+
+The replicas of one model are its seeds (the config's ``seed``, else the folder's suffix; no suffix: seed
+42): every table cell is the mean over them, with the sample standard deviation and the count beside it
+(:func:`_put`), and :func:`findings_markdown` calls a difference of means a difference only when it exceeds
+the spread of the two sides.
 
 ::
 
@@ -31,7 +37,8 @@ import math
 import re
 import shlex
 import shutil
-from collections.abc import Mapping, Sequence
+import statistics
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -58,9 +65,13 @@ EVALUATOR_COLUMNS = {
 # what a run directory holds and a study folder does not
 RUN_MARKERS = (".hydra", "metrics_by_dim.csv", "checkpoints", "embeddings", "eval")
 REWRITE = "re-run the stage that wrote it, or move it aside to leave it out of the report"
-MODEL_NAME = re.compile(r"^(?:(mrl)|(mrle)|ff(\d+))$")
+MODEL_NAME = re.compile(r"^(?:(mrl)|(mrle)|ff(\d+))(?:-seed(\d+))?$")
+# the seed of a folder without a -seed<s> suffix and without a config: configs/train.yaml's, the study's first seed
+DEFAULT_SEED = 42
 # config keys that legitimately differ between the models of a study (not reported as recipe differences)
-PER_MODEL_KEYS = ("model.head", "model.nesting_dims", "ckpt_path", "hydra")
+PER_MODEL_KEYS = ("model.head", "model.nesting_dims", "ckpt_path", "hydra", "seed")
+# Lightning's CSVLogger column of the validation top-1 at one size (val/top1_mean and the like do not match)
+VAL_COLUMN = re.compile(r"^val/top1@(\d+)$")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -156,27 +167,57 @@ def _flatten(cfg: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix[:-1]: cfg}
 
 
+def read_val_curve(path: str | Path) -> dict[int, dict[int, float]]:
+    """The validation top-1 per size and epoch in Lightning's ``csv/metrics.csv``: ``{size: {epoch: top-1}}``
+    from the rows whose ``val/top1@<size>`` cell is filled (the training-step rows leave it empty), keyed by
+    their ``epoch`` cell; empty when nothing was validated (``data.validation=none``, or not yet). An epoch
+    validated twice (a resumed run) keeps its last row, the one the run went on from. A filled cell that is not
+    a number, or its row's epoch not an integer, is a :class:`ConfigError` naming the file."""
+    rows = read_csv(path)
+    columns = {int(m.group(1)): c for c in (rows[0] if rows else {}) for m in [VAL_COLUMN.match(c)] if m}
+    curve: dict[int, dict[int, float]] = {}
+    for size, column in sorted(columns.items()):
+        for r in rows:
+            v = r[column]
+            if v is None:
+                continue
+            if isinstance(v, bool) or not isinstance(v, (int, float)):
+                raise ConfigError(str(path), f"column {column} holds {v!r}, not a number", REWRITE)
+            if not isinstance(r.get("epoch"), int):
+                raise ConfigError(str(path), f"a row with {column} = {v} has epoch {r.get('epoch')!r}, not an "
+                                  "integer", REWRITE)
+            curve.setdefault(size, {})[r["epoch"]] = v
+    return curve
+
+
 # --------------------------------------------------------------------------------------------------
 # the study
 # --------------------------------------------------------------------------------------------------
 
 @dataclass
 class Model:
-    """One model folder of a study."""
+    """One model folder of a study: a model (``mrl``, ``mrle``, ``ff<k>``) trained with one seed."""
 
-    name: str                              # folder name: mrl, mrle, ff<k>
+    name: str                              # folder name: mrl, mrle, ff<k>; a seed replica: mrl-seed43, ff8-seed44
     kind: str                              # mrl | mrle | ff
     k: int | None                          # FF-k's size
     path: Path
+    seed: int = DEFAULT_SEED               # the config's seed, else the folder's -seed<s>, else DEFAULT_SEED
     config: dict[str, Any] | None = None   # .hydra/config.yaml (unresolved)
     overrides: list[str] | None = None     # .hydra/overrides.yaml
     hydra_overrides: list[str] = field(default_factory=list)  # hydra.* overrides from .hydra/hydra.yaml
     metrics: list[dict[str, Any]] | None = None               # metrics_by_dim.csv
+    val_curve: dict[int, dict[int, float]] | None = None      # csv/metrics.csv: {size: {epoch: validation top-1}}
     eval: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # evaluator -> rows of eval/<name>.csv
     eval_command: str | None = None        # eval/command.txt
     eval_config: dict[str, Any] | None = None  # eval/eval_config.yaml
     embed_command: str | None = None       # reconstructed from the embeddings folder's Hydra record
     embed_source: str | None = None
+
+    @property
+    def base(self) -> str:
+        """The model this folder is a seed replica of: ``mrl``, ``mrle`` or ``ff<k>``."""
+        return self.kind if self.k is None else f"ff{self.k}"
 
     @property
     def label(self) -> str:
@@ -192,10 +233,18 @@ class Model:
         return shlex.join(["python", "scripts/train.py", *self.overrides, *self.hydra_overrides])
 
 
+def _grouped(models: Iterable[Model]) -> list[list[Model]]:
+    """The folders grouped by model (MRL, MRL-E, then FF by k), each group its seed replicas by seed."""
+    groups: dict[str, list[Model]] = {}
+    for m in sorted(models, key=lambda m: ({"mrl": 0, "mrle": 1}.get(m.kind, 2), m.k or 0, m.seed)):
+        groups.setdefault(m.base, []).append(m)
+    return list(groups.values())
+
+
 @dataclass
 class Study:
     root: Path
-    models: dict[str, Model]
+    models: dict[str, Model]         # folder name -> model folder (seed replicas included)
     sizes: list[int]                 # rows of the by-size tables: the study's nesting sizes (+ FF and baseline sizes)
     width: int | None                # full embedding width (the largest size)
     config: dict[str, Any] | None    # the reference config (mrl's, else the first found)
@@ -214,19 +263,29 @@ class Study:
     def is_imagenet(self) -> bool:
         return str(_get(self.config, "data.name", "")).lower() == "imagenet"
 
-    def model(self, name: str) -> Model | None:
-        return self.models.get(name)
+    def groups(self) -> list[list[Model]]:
+        """Every model's seed replicas (:func:`_grouped`): MRL, MRL-E, then FF by k."""
+        return _grouped(self.models.values())
 
-    def ff_models(self) -> list[Model]:
-        return sorted((m for m in self.models.values() if m.kind == "ff"), key=lambda m: m.k)
+    def replicas(self, base: str) -> list[Model]:
+        """The seed replicas of model ``base`` (``mrl``, ``ff8``), by seed; empty when it is absent."""
+        return next((g for g in self.groups() if g[0].base == base), [])
 
-    def baselines_model(self) -> Model | None:
-        """The FF model whose ``eval/baselines.csv`` feeds SVD / Rand-LP / Rand-FS: FF-<width> if it has one,
-        else the largest FF model that has one."""
-        have = [m for m in self.ff_models() if "baselines" in m.eval]
+    def ff_groups(self) -> list[list[Model]]:
+        return [g for g in self.groups() if g[0].kind == "ff"]
+
+    def seeds(self) -> dict[str, list[int]]:
+        """``{model label: its seeds}`` in :meth:`groups` order."""
+        return {g[0].label: [m.seed for m in g] for g in self.groups()}
+
+    def baselines_models(self) -> list[Model]:
+        """The seed replicas whose ``eval/baselines.csv`` feed SVD / Rand-LP / Rand-FS: FF-<width>'s that have
+        one, else those of the largest FF model that has one."""
+        have = [[m for m in g if "baselines" in m.eval] for g in self.ff_groups()]
+        have = [g for g in have if g]
         if not have:
-            return None
-        return next((m for m in have if m.k == self.width), have[-1])
+            return []
+        return next((g for g in have if g[0].k == self.width), have[-1])
 
 
 def _model_from_dir(path: Path) -> Model | None:
@@ -234,7 +293,8 @@ def _model_from_dir(path: Path) -> Model | None:
     if not match:
         return None
     kind = "mrl" if match.group(1) else "mrle" if match.group(2) else "ff"
-    return Model(path.name, kind, int(match.group(3)) if kind == "ff" else None, path)
+    return Model(path.name, kind, int(match.group(3)) if kind == "ff" else None, path,
+                 int(match.group(4)) if match.group(4) else DEFAULT_SEED)
 
 
 def _resolve_path(p: str, study_root: Path) -> Path:
@@ -282,10 +342,13 @@ def _hydra_overrides(run_dir: Path) -> list[str]:
     return [str(o) for o in ov if not str(o).startswith("hydra.mode=")]
 
 
-def _load_model(model: Model, study_root: Path, missing: list[str]) -> None:
+def _load_model(model: Model, study_root: Path, missing: list[str], notes: list[str]) -> None:
     hydra = model.path / ".hydra"
     if (hydra / "config.yaml").is_file():
         model.config = _load_yaml(hydra / "config.yaml")
+        seed = _get(model.config, "seed")
+        if isinstance(seed, int) and not isinstance(seed, bool):
+            model.seed = seed
     else:
         missing.append(f"{model.name}: .hydra/config.yaml missing")
     if (hydra / "overrides.yaml").is_file():
@@ -299,6 +362,13 @@ def _load_model(model: Model, study_root: Path, missing: list[str]) -> None:
         state = "a checkpoints/last.ckpt exists" if (model.path / "checkpoints" / "last.ckpt").is_file() \
             else "no checkpoints/last.ckpt yet"
         missing.append(f"{model.name}: metrics_by_dim.csv missing: training unfinished or failed ({state})")
+    if (model.path / "csv" / "metrics.csv").is_file():
+        model.val_curve = read_val_curve(model.path / "csv" / "metrics.csv")
+        if not model.val_curve:
+            notes.append(f"{model.name}: no validation curve (csv/metrics.csv has no val/top1@<d> values: trained "
+                         "with data.validation=none, or not validated yet)")
+    else:
+        missing.append(f"{model.name}: csv/metrics.csv missing (no validation curve)")
     for name, columns in EVALUATOR_COLUMNS.items():
         if (model.eval_dir / f"{name}.csv").is_file():
             model.eval[name] = read_csv(model.eval_dir / f"{name}.csv", *columns)
@@ -324,11 +394,9 @@ def _int_list(value: Any) -> list[int] | None:
 
 def _study_nesting(models: Mapping[str, Model]) -> list[int]:
     """MRL's (else MRL-E's) trained sizes: ``model.nesting_dims`` of its config when it is a list, else (``auto``,
-    an interpolation) the sizes of its ``metrics_by_dim.csv`` or of ``eval/eval_config.yaml``'s resolved record."""
-    for name in ("mrl", "mrle"):
-        m = models.get(name)
-        if m is None:
-            continue
+    an interpolation) the sizes of its ``metrics_by_dim.csv`` or of ``eval/eval_config.yaml``'s resolved record;
+    the first seed replica that records them."""
+    for m in (m for g in _grouped(models.values()) for m in g if m.kind in ("mrl", "mrle")):
         for candidate in (_get(m.config, "model.nesting_dims"),
                           [r["dim"] for r in m.metrics or [] if isinstance(r.get("dim"), int)],
                           _get(m.eval_config, "resolved.nesting_dims")):
@@ -338,8 +406,25 @@ def _study_nesting(models: Mapping[str, Model]) -> list[int]:
     return []
 
 
+def _check_seeds(root: Path, models: Mapping[str, Model], notes: list[str]) -> None:
+    """Two folders of one model with the same seed are a :class:`ConfigError` (one run would count twice in
+    the mean); a ``-seed<s>`` suffix that the config's seed contradicts is noted (the config wins)."""
+    seen: dict[tuple[str, int], Model] = {}
+    for m in sorted(models.values(), key=lambda m: m.name):
+        first = seen.setdefault((m.base, m.seed), m)
+        if first is not m:
+            raise ConfigError(str(root), f"folders {first.name}/ and {m.name}/ are both {m.label} trained with seed "
+                              f"{m.seed} (the config's seed, else the folder's -seed<s>, else {DEFAULT_SEED})",
+                              "move one of them out of the study folder")
+        suffix = MODEL_NAME.match(m.name).group(4)
+        if suffix is not None and int(suffix) != m.seed:
+            notes.append(f"{m.name}/: its config's seed is {m.seed}, not {int(suffix)} as the folder name says; "
+                         f"counted as seed {m.seed}")
+
+
 def collect_study(study_dir: str | Path) -> Study:
-    """Read every model folder of ``study_dir``; absent models and tables go to ``Study.missing``."""
+    """Read every model folder of ``study_dir`` (seed replicas included); absent models and tables go to
+    ``Study.missing``; two folders of one model and seed are a :class:`ConfigError`."""
     root = Path(study_dir)
     if not root.is_dir():
         raise FileNotFoundError(f"study directory {root} does not exist")
@@ -350,11 +435,13 @@ def collect_study(study_dir: str | Path) -> Study:
         model = _model_from_dir(path)
         if model is None:
             if not path.name.startswith("."):
-                notes.append(f"{path.name}/: not a model folder (expected mrl, mrle or ff<k>), ignored")
+                notes.append(f"{path.name}/: not a model folder (expected mrl, mrle or ff<k>, or <model>-seed<s>), "
+                             "ignored")
             continue
         models[model.name] = model
     for model in models.values():
-        _load_model(model, root, missing)
+        _load_model(model, root, missing, notes)
+    _check_seeds(root, models, notes)
     return _summarise(root, models, missing, notes, single_run=False)
 
 
@@ -399,10 +486,12 @@ def collect_run(run_dir: str | Path) -> Study:
     if not root.is_dir():
         raise FileNotFoundError(f"run directory {root} does not exist")
     kind, k = _run_identity(root)
-    model = Model(kind if k is None else f"ff{k}", kind, k, root)
+    named = _model_from_dir(root)  # a replica's folder name carries its seed, the fallback for a missing config
+    model = Model(kind if k is None else f"ff{k}", kind, k, root, named.seed if named else DEFAULT_SEED)
     missing: list[str] = []
-    _load_model(model, root, missing)
-    return _summarise(root, {model.name: model}, missing, [], single_run=True)
+    notes: list[str] = []
+    _load_model(model, root, missing, notes)
+    return _summarise(root, {model.name: model}, missing, notes, single_run=True)
 
 
 def collect(path: str | Path) -> Study:
@@ -414,8 +503,7 @@ def _summarise(root: Path, models: dict[str, Model], missing: list[str], notes: 
                single_run: bool) -> Study:
     """The study's sizes, reference config and what is missing, from its loaded models (a run directory: one
     model, and no other models or baselines expected)."""
-    ref = next((models[n] for n in ("mrl", "mrle") if n in models and models[n].config), None) or \
-        next((m for m in models.values() if m.config), None)
+    ref = next((m for g in _grouped(models.values()) for m in g if m.config), None)
     config = ref.config if ref else None
     nesting = _study_nesting(models)
     sizes = {int(d) for d in nesting} | {m.k for m in models.values() if m.kind == "ff"}
@@ -427,7 +515,8 @@ def _summarise(root: Path, models: dict[str, Model], missing: list[str], notes: 
 
     # what a complete study has
     expected = [] if single_run else ["mrl", "mrle"] + [f"ff{d}" for d in sorted(int(d) for d in nesting)]
-    missing[:0] = [f"{name}: model folder missing" for name in expected if name not in models]
+    present = {m.base for m in models.values()}
+    missing[:0] = [f"{name}: model folder missing" for name in expected if name not in present]
     for m in models.values():
         if not m.eval_dir.is_dir():
             missing.append(f"{m.name}: eval/ missing (evaluation stage not run)")
@@ -452,9 +541,9 @@ def _summarise(root: Path, models: dict[str, Model], missing: list[str], notes: 
                          ", ".join(f"{n}: {v}" for n, v in values.items()))
     study = Study(root, models, sizes_sorted, width, config, ref.name if ref else None, missing, notes, nesting,
                   single_run)
-    b = study.baselines_model()
-    if b is not None and b.k != width:
-        notes.append(f"baselines read from {b.name} (ff{width} has no eval/baselines.csv)")
+    b = study.baselines_models()
+    if b and b[0].k != width:
+        notes.append(f"baselines read from {b[0].base} (ff{width} has no eval/baselines.csv)")
     return study
 
 
@@ -477,6 +566,16 @@ class Table:
     notes: list[str] = field(default_factory=list)
     sources: list[str] = field(default_factory=list)
     raw_markdown: bool = False     # Markdown shows the values as read (reference tables), not rounded
+    spread: list[str] = field(default_factory=list)  # columns holding means over seeds (:func:`_put`)
+    std: str = "_std"              # suffix of a spread column's std column (its count: <column>_n)
+
+    @property
+    def file_columns(self) -> list[str]:
+        """The CSV/JSON columns: :attr:`columns`, each spread column followed by its std and count."""
+        return [x for c in self.columns for x in ((c, c + self.std, c + "_n") if c in self.spread else (c,))]
+
+    def std_column(self, column: str) -> str | None:
+        return column + self.std if column in self.spread else None
 
     def column(self, name: str) -> list[Any]:
         return [r.get(name) for r in self.rows]
@@ -484,12 +583,28 @@ class Table:
     def value(self, key_column: str, key: Any, column: str) -> Any:
         return next((r.get(column) for r in self.rows if r.get(key_column) == key), None)
 
+    def seed_count(self, row: Mapping[str, Any], column: str) -> int:
+        """How many seeds ``row[column]`` is the mean of (0: no value, or not a mean over seeds)."""
+        n = row.get(column + "_n") if column in self.spread else None
+        return n if isinstance(n, int) else 0
+
+    def cell(self, row: Mapping[str, Any], column: str) -> str:
+        """``row[column]`` as Markdown shows it: ``mean ± std (n)`` for a mean over several seeds, else the
+        value alone."""
+        text = _fmt(row.get(column), column, self.raw_markdown)
+        n = self.seed_count(row, column)
+        if n < 2:
+            return text
+        std = row.get(column + self.std)
+        # a cost's std to 2 significant digits (its mean has 4), a percentage's to 2 decimals like its mean
+        return text + f" ± {f'{std:.2g}' if column in COST_COLUMNS else _fmt(std, column)} ({n})"
+
     def csv_text(self) -> str:
         buf = io.StringIO()
-        writer = csv.DictWriter(buf, fieldnames=self.columns, lineterminator="\n")
+        writer = csv.DictWriter(buf, fieldnames=self.file_columns, lineterminator="\n")
         writer.writeheader()
         for r in self.rows:
-            writer.writerow({c: "" if r.get(c) is None else r.get(c) for c in self.columns})
+            writer.writerow({c: "" if r.get(c) is None else r.get(c) for c in self.file_columns})
         return buf.getvalue()
 
     def markdown(self, heading: str = "###") -> str:
@@ -500,13 +615,18 @@ class Table:
             lines += ["| " + " | ".join(self.columns) + " |",
                       "|" + "|".join(":---" if c in TEXT_COLUMNS else "---:" for c in self.columns) + "|"]
             for r in self.rows:
-                lines.append("| " + " | ".join(_fmt(r.get(c), c, self.raw_markdown) for c in self.columns) + " |")
-        if self.notes:
-            lines += [""] + [f"* {n}" for n in self.notes]
+                lines.append("| " + " | ".join(self.cell(r, c) for c in self.columns) + " |")
+        notes = list(self.notes)
+        if any(self.seed_count(r, c) > 1 for r in self.rows for c in self.spread):
+            notes.append(f"mean ± std (n): the mean over the n seeds of a model, and their sample standard deviation "
+                         f"(the CSV and JSON: <column>, <column>{self.std}, <column>_n).")
+        if notes:
+            lines += [""] + [f"* {n}" for n in notes]
         return "\n".join(lines) + "\n"
 
     def json_text(self) -> str:
-        return json.dumps({"title": self.title, "columns": self.columns, "rows": self.rows, "notes": self.notes,
+        rows = [{c: r.get(c) for c in self.file_columns} for r in self.rows]
+        return json.dumps({"title": self.title, "columns": self.file_columns, "rows": rows, "notes": self.notes,
                            "sources": self.sources}, indent=2, default=_json_default)
 
 
@@ -522,6 +642,35 @@ def _fmt(v: Any, column: str = "", raw: bool = False) -> str:
     if isinstance(v, float) and not raw:
         return f"{v:.4g}" if column in COST_COLUMNS else f"{v:.2f}"
     return str(v)
+
+
+def _put(row: dict[str, Any], column: str, values: Sequence[Any], std: str | None = "_std") -> None:
+    """One cell from the values of a model's seeds (``None``, a seed without that number, left out):
+    ``row[column]`` their mean (a float; the value itself for one seed), ``row[column + std]`` their sample
+    standard deviation (ddof 1; ``None`` for one seed) and ``row[column + "_n"]`` their count; all ``None`` when
+    no seed has a number. ``std=None``: the mean alone (a number that does not vary by seed, or a within-run
+    spread)."""
+    xs = [v for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)]
+    row[column] = None if not xs else xs[0] if len(xs) == 1 else float(statistics.mean(xs))
+    if std is not None:
+        row[column + std] = statistics.stdev(xs) if len(xs) > 1 else None
+        row[column + "_n"] = len(xs) or None
+
+
+def _aggregate(rows: Sequence[Mapping[str, Any]], keys: Sequence[str], spread: Sequence[str],
+               std: str = "_std") -> list[dict[str, Any]]:
+    """Rows read from each seed of each model -> one row per distinct ``keys`` (first-seen order): every other
+    column through :func:`_put`, with std and count for the ``spread`` columns, the mean alone for the rest."""
+    groups: dict[tuple, list[Mapping[str, Any]]] = {}
+    for r in rows:
+        groups.setdefault(tuple(r.get(k) for k in keys), []).append(r)
+    out = []
+    for key, group in groups.items():
+        row = dict(zip(keys, key))
+        for c in dict.fromkeys(c for r in group for c in r if c not in keys):
+            _put(row, c, [r.get(c) for r in group], std if c in spread else None)
+        out.append(row)
+    return out
 
 
 def _rel(path: Path, study: Study) -> str:
@@ -546,43 +695,41 @@ def _top1_source(model: Model) -> tuple[list[dict[str, Any]] | None, str]:
 def _by_size(study: Study, name: str, title: str, columns: Sequence[tuple[str, str]], per_model, baseline_cols,
              notes: Sequence[str]) -> Table:
     """Rows = study sizes; MRL / MRL-E columns read at every size, FF at its own k, baselines from
-    the FF-<width> model. ``per_model(model) -> (rows, source, column)``."""
-    rows = [{"dim": d} for d in study.sizes]
+    the FF-<width> model; each cell the mean over the model's seeds (:func:`_put`).
+    ``per_model(model) -> (rows, source, column)``."""
+    cells: dict[tuple[int, str], list[Any]] = {}
     sources: list[str] = []
-    for label, model_name in columns:
-        if model_name == "ff":
-            for m in study.ff_models():
-                src_rows, src, col = per_model(m)
-                r = _row_at(src_rows, m.k)
-                if r is not None and r.get(col) is not None:
-                    next(x for x in rows if x["dim"] == m.k)[label] = r[col]
-                    sources.append(f"{label} @ {m.k}: `{_rel(m.path / src, study)}` ({col})")
-            continue
-        m = study.model(model_name)
-        if m is None:
-            continue
-        src_rows, src, col = per_model(m)
-        if src_rows is None:
-            continue
-        for x in rows:
-            r = _row_at(src_rows, x["dim"])
+
+    def read(label: str, m: Model, src_rows, src: str, col: str, at_k: bool) -> None:
+        found = False
+        for d in [m.k] if at_k else study.sizes:
+            r = _row_at(src_rows, d)
             if r is not None and r.get(col) is not None:
-                x[label] = r[col]
-        sources.append(f"{label}: `{_rel(m.path / src, study)}` ({col})")
-    b = study.baselines_model()
-    if b is not None:
+                cells.setdefault((d, label), []).append(r[col])
+                found = True
+        if found:
+            sources.append(f"{label}{f' @ {m.k}' if at_k else ''}, seed {m.seed}: `{_rel(m.path / src, study)}` "
+                           f"({col})")
+
+    for label, base in columns:
+        for m in [m for g in study.ff_groups() for m in g] if base == "ff" else study.replicas(base):
+            src_rows, src, col = per_model(m)
+            if src_rows is not None:
+                read(label, m, src_rows, src, col, base == "ff")
+    for b in study.baselines_models():
         for label, col in baseline_cols:
             if any(col in r for r in b.eval["baselines"]):
-                for x in rows:
-                    r = _row_at(b.eval["baselines"], x["dim"])
-                    if r is not None and r.get(col) is not None:
-                        x[label] = r[col]
-                sources.append(f"{label}: `{_rel(b.eval_dir / 'baselines.csv', study)}` ({col})")
-    cols = ["dim"] + [label for label, _ in columns] + [label for label, _ in baseline_cols]
-    rows = [r for r in rows if len(r) > 1] if any(len(r) > 1 for r in rows) else []
-    return Table(name, title, cols, rows, list(notes), sources)
-
-
+                read(label, b, b.eval["baselines"], "eval/baselines.csv", col, False)
+    labels = [label for label, _ in columns] + [label for label, _ in baseline_cols]
+    rows = []
+    for d in study.sizes:
+        row: dict[str, Any] = {"dim": d}
+        for label in labels:
+            if (d, label) in cells:
+                _put(row, label, cells[d, label])
+        if len(row) > 1:
+            rows.append(row)
+    return Table(name, title, ["dim", *labels], rows, list(notes), sources, spread=labels)
 MODEL_COLUMNS = (("MRL", "mrl"), ("MRL-E", "mrle"), ("FF", "ff"))
 
 
@@ -596,9 +743,9 @@ def top1_table(study: Study) -> Table:
                                 ("Rand-LP", "rand_lp_top1")),
                     ["MRL, MRL-E: the model's classifier at each size; FF: FF-k's classifier, at its own size k; "
                      "the test top-1 of the training run (metrics_by_dim.csv), else eval/classification.csv.",
-                     "SVD, SVD-classifier, Rand-LP: baselines from the full-width FF model (eval/baselines.csv): "
-                     "a probe on the top-d SVD directions, the FF classifier at rank d, a probe on d random "
-                     "coordinates."])
+                     "SVD, SVD-classifier, Rand-LP: baselines from the full-width FF model (eval/baselines.csv of "
+                     "each of its seeds that has one): a probe on the top-d SVD directions, the FF classifier at "
+                     "rank d, a probe on d random coordinates."])
 
 
 def knn_table(study: Study) -> Table:
@@ -625,52 +772,58 @@ def map_table(study: Study, k: int = 10) -> Table:
 def retrieval_table(study: Study, k: int = 10) -> Table:
     metrics = [f"map@{k}", f"precision@{k}", f"recall@{k}", f"hit@{k}", "top1"]
     rows, sources = [], []
-    for m in [study.model("mrl"), study.model("mrle"), *study.ff_models()]:
-        if m is None or "retrieval" not in m.eval:
+    for m in (m for g in study.groups() for m in g):
+        if "retrieval" not in m.eval:
             continue
         for r in m.eval["retrieval"]:
             d = int(r["dim"])
             if (m.kind == "ff" and d != m.k) or (m.kind != "ff" and d not in study.sizes):
                 continue
             rows.append({"method": m.label, "dim": d, **{c: r.get(c) for c in metrics}})
-        sources.append(f"{m.label}: `{_rel(m.eval_dir / 'retrieval.csv', study)}`")
-    b = study.baselines_model()
-    if b is not None and any(f"rand_fs_map@{k}" in r for r in b.eval["baselines"]):
-        for r in b.eval["baselines"]:
-            rows.append({"method": "Rand-FS", "dim": int(r["dim"]), f"map@{k}": r.get(f"rand_fs_map@{k}"),
-                         "top1": r.get("rand_fs_top1")})
-        sources.append(f"Rand-FS: `{_rel(b.eval_dir / 'baselines.csv', study)}`")
+        sources.append(f"{m.label}, seed {m.seed}: `{_rel(m.eval_dir / 'retrieval.csv', study)}`")
+    for b in study.baselines_models():
+        if any(f"rand_fs_map@{k}" in r for r in b.eval["baselines"]):
+            for r in b.eval["baselines"]:
+                rows.append({"method": "Rand-FS", "dim": int(r["dim"]), f"map@{k}": r.get(f"rand_fs_map@{k}"),
+                             "top1": r.get("rand_fs_top1")})
+            sources.append(f"Rand-FS, seed {b.seed}: `{_rel(b.eval_dir / 'baselines.csv', study)}`")
     return Table("retrieval_by_size", f"Retrieval (%) at k = {k}, by method and size", ["method", "dim", *metrics],
-                 rows, [f"precision@{k}: hits in the top {k} / {k}; recall@{k}: hits / the query's class size in the "
-                        f"database; hit@{k}: any hit in the top {k}; top1: 1-NN accuracy. Rand-FS: only mAP and top1 "
-                        "are evaluated."], sources)
+                 _aggregate(rows, ("method", "dim"), metrics),
+                 [f"precision@{k}: hits in the top {k} / {k}; recall@{k}: hits / the query's class size in the "
+                  f"database; hit@{k}: any hit in the top {k}; top1: 1-NN accuracy. Rand-FS: only mAP and top1 "
+                  "are evaluated."], sources, spread=metrics)
 
 
 AC_COLUMNS = ("cap", "expected_dim", "expected_dim_std", "accuracy", "accuracy_std", "fixed_accuracy",
               "oracle_expected_dim", "oracle_accuracy")
+# the adaptive-classification columns that vary by seed; accuracy_std and expected_dim_std are the spread over one
+# run's threshold-selection splits, so their across-seed std is named <column>_seed_std
+AC_SPREAD = ("expected_dim", "accuracy", "fixed_accuracy", "oracle_expected_dim", "oracle_accuracy")
 
 
 def adaptive_classification_table(study: Study) -> Table:
     rows, sources = [], []
-    for name in ("mrl", "mrle"):
-        m = study.model(name)
-        if m is None or "adaptive_classification" not in m.eval:
+    for m in study.replicas("mrl") + study.replicas("mrle"):
+        if "adaptive_classification" not in m.eval:
             continue
         for r in m.eval["adaptive_classification"]:
             rows.append({"method": m.label, **{c: r.get(c) for c in AC_COLUMNS}})
-        sources.append(f"{m.label}: `{_rel(m.eval_dir / 'adaptive_classification.csv', study)}`")
+        sources.append(f"{m.label}, seed {m.seed}: `{_rel(m.eval_dir / 'adaptive_classification.csv', study)}`")
     return Table("adaptive_classification", "Adaptive classification (%): confidence cascade up to each cap",
-                 ["method", *AC_COLUMNS], rows,
+                 ["method", *AC_COLUMNS], _aggregate(rows, ("method", "cap"), AC_SPREAD, "_seed_std"),
                  ["accuracy at expected_dim: the cascade over the trained sizes up to cap (mean over the random "
                   "threshold-selection splits, std beside it); fixed_accuracy: the cap size alone; oracle: the "
-                  "smallest correct size per sample (an upper bound)."], sources)
+                  "smallest correct size per sample (an upper bound).",
+                  ("Several seeds: every column is the mean over them; accuracy_std and expected_dim_std stay the "
+                   "spread over one run's splits (their mean over seeds), and the spread over seeds is "
+                   "<column>_seed_std (with <column>_n seeds) for accuracy, expected_dim, fixed_accuracy and the "
+                   "oracle columns.")], sources, spread=list(AC_SPREAD), std="_seed_std")
 
 
 def adaptive_retrieval_table(study: Study) -> Table:
     rows, sources, metric = [], [], None
-    for name in ("mrl", "mrle"):
-        m = study.model(name)
-        if m is None or "adaptive_retrieval" not in m.eval:
+    for m in study.replicas("mrl") + study.replicas("mrle"):
+        if "adaptive_retrieval" not in m.eval:
             continue
         table = m.eval["adaptive_retrieval"]
         if metric is None:
@@ -684,21 +837,63 @@ def adaptive_retrieval_table(study: Study) -> Table:
                          "mflops_speedup": ex / mf if isinstance(ex, (int, float)) and isinstance(mf, (int, float))
                          and mf > 0 else None,
                          "us_per_query": r.get("us_per_query"), "speedup": r.get("speedup")})
-        sources.append(f"{m.label}: `{_rel(m.eval_dir / 'adaptive_retrieval.csv', study)}`")
+        sources.append(f"{m.label}, seed {m.seed}: `{_rel(m.eval_dir / 'adaptive_retrieval.csv', study)}`")
     metric = metric or "map@10"
+    # mflops and mflops_speedup follow from the setting alone (the cost model): the same on every seed
+    spread = [metric, "top1", "us_per_query", "speedup"]
     return Table("adaptive_retrieval", f"Adaptive retrieval: {metric.replace('map', 'mAP')} (%) against cost",
                  ["method", "kind", "D_s", "D_r", "K", metric, "top1", "mflops", "mflops_speedup", "us_per_query",
-                  "speedup"], rows,
+                  "speedup"], _aggregate(rows, ("method", "kind", "D_s", "D_r", "K"), spread),
                  ["shortlist K by the first D_s coordinates, rerank on D_r (a funnel: several stages, D_r and K "
                   "listed); exact: brute-force search at the full width.",
                   "mflops: the paper's cost model per query; mflops_speedup: exact mflops / this one; us_per_query: "
                   "measured wall-clock per query; speedup: exact us_per_query / this one (both from "
-                  "eval/adaptive_retrieval.csv)."], sources)
+                  "eval/adaptive_retrieval.csv)."], sources, spread=spread)
+
+
+def validation_curve_table(study: Study) -> Table:
+    """Validation top-1 (%) per epoch (rows): each model at its full width (its largest validated size; FF-k: k)
+    in a column named by the model, and MRL at its smallest, a middle and its largest size (``MRL@<d>``); each
+    cell the mean over the model's seeds. Models without a curve are named in the notes."""
+    cells: dict[tuple[int, str], list[float]] = {}
+    sources, absent = [], []
+    full: list[str] = []     # the model columns (MRL, MRL-E, FF-k)
+    by_size: list[str] = []  # MRL@<d>, after them
+    for m in (m for g in study.groups() for m in g):
+        if not m.val_curve:
+            absent.append(f"{m.name} ({'no csv/metrics.csv' if m.val_curve is None else 'no val/top1@<d> values'})")
+            continue
+        dims = sorted(m.val_curve)
+        columns = [(m.label, dims[-1])]
+        if m.kind == "mrl":
+            columns += [(f"MRL@{d}", d) for d in dict.fromkeys((dims[0], dims[len(dims) // 2], dims[-1]))]
+        for label, d in columns:
+            (by_size if label.startswith("MRL@") else full).append(label)
+            for epoch, v in m.val_curve[d].items():
+                cells.setdefault((epoch, label), []).append(v)
+        sources.append(f"{m.label}, seed {m.seed}: `{_rel(m.path / 'csv' / 'metrics.csv', study)}` "
+                       f"({', '.join(f'val/top1@{d}' for d in dict.fromkeys(d for _, d in columns))})")
+    labels = list(dict.fromkeys(full + by_size))
+    rows = []
+    for epoch in sorted({e for e, _ in cells}):
+        row: dict[str, Any] = {"epoch": epoch}
+        for label in labels:
+            if (epoch, label) in cells:
+                _put(row, label, cells[epoch, label])
+        rows.append(row)
+    notes = [("Validation top-1 (%) at the end of each epoch (epoch 0: the first) on the validation split "
+              "(data.validation; by default a held-out part of the training data), from csv/metrics.csv "
+              "(val/top1@<d>). MRL, MRL-E, FF-k: the model at its full width (the largest size it trained; FF-k: "
+              "k); MRL@<d>: MRL at size d (the largest repeats the MRL column).")]
+    if absent:
+        notes.append(f"No validation curve: {', '.join(absent)}.")
+    return Table("validation_curve", "Validation top-1 (%) per epoch", ["epoch", *labels], rows, notes, sources,
+                 spread=labels)
 
 
 def build_tables(study: Study, k: int = 10) -> dict[str, Table]:
     tables = [top1_table(study), knn_table(study), map_table(study, k), retrieval_table(study, k),
-              adaptive_classification_table(study), adaptive_retrieval_table(study)]
+              adaptive_classification_table(study), adaptive_retrieval_table(study), validation_curve_table(study)]
     return {t.name: t for t in tables}
 
 
@@ -774,18 +969,54 @@ def paper_table(paper: Mapping[str, list[dict[str, Any]]], name: str, title: str
 # plots
 # --------------------------------------------------------------------------------------------------
 
+def _legend(ax, **kwargs) -> None:
+    """``ax.legend`` with its entries in drawing order (matplotlib lists lines with error bars after the others)."""
+    from matplotlib.container import ErrorbarContainer
+
+    children = ax.get_children()
+    entries = sorted(zip(*ax.get_legend_handles_labels()),
+                     key=lambda e: children.index(e[0][0] if isinstance(e[0], ErrorbarContainer) else e[0]))
+    ax.legend([h for h, _ in entries], [label for _, label in entries], **kwargs)
+
+
 def _finish(fig, ax, path: Path, title: str, xlabel: str, ylabel: str) -> Path:
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=7)
+    _legend(ax, fontsize=7)
     return save_figure(fig, path)
 
 
 def _finite(xs: Sequence[Any], ys: Sequence[Any]) -> tuple[list[float], list[float]]:
     pts = [(x, y) for x, y in zip(xs, ys) if isinstance(x, (int, float)) and isinstance(y, (int, float))]
     return [p[0] for p in pts], [p[1] for p in pts]
+
+
+def _points(table: Table, rows: Sequence[Mapping[str, Any]], x: str, y: str
+            ) -> tuple[list[float], list[float], list[float | None]]:
+    """``(xs, ys, stds)`` of the rows with a number in both ``x`` and ``y``; ``stds[i]``: ``y``'s std over seeds
+    (``None`` for a single seed)."""
+    std = table.std_column(y)
+    pts = [(r[x], r[y], r.get(std) if std else None) for r in rows
+           if isinstance(r.get(x), (int, float)) and isinstance(r.get(y), (int, float))]
+    return [p[0] for p in pts], [p[1] for p in pts], [p[2] for p in pts]
+
+
+def _error_bars(ax, xs: Sequence[float], ys: Sequence[float], stds: Sequence[float | None], fmt: str = "none",
+                **kwargs) -> bool:
+    """``ax.errorbar`` with ±1 std bars when some point is a mean over several seeds (a single-seed point gets no
+    bar); whether it drew."""
+    if all(s is None for s in stds):
+        return False
+    ax.errorbar(xs, ys, yerr=[s or 0.0 for s in stds], fmt=fmt, capsize=2.5, elinewidth=0.8, **kwargs)
+    return True
+
+
+def _line(ax, xs: Sequence[float], ys: Sequence[float], stds: Sequence[float | None], fmt: str, **kwargs) -> None:
+    """A line through ``(xs, ys)`` with :func:`_error_bars`; without spreads, the plain line it always was."""
+    if not _error_bars(ax, xs, ys, stds, fmt, **kwargs):
+        ax.plot(xs, ys, fmt, **kwargs)
 
 
 def plot_by_size(table: Table, path: Path, ylabel: str, title: str,
@@ -798,9 +1029,9 @@ def plot_by_size(table: Table, path: Path, ylabel: str, title: str,
     drawn = False
     for i, c in enumerate(methods):
         color = f"C{i}"
-        xs, ys = _finite(table.column("dim"), table.column(c))
+        xs, ys, stds = _points(table, table.rows, "dim", c)
         if xs:
-            ax.plot(xs, ys, "o-", color=color, markersize=4, label=c)
+            _line(ax, xs, ys, stds, "o-", color=color, markersize=4, label=c)
             drawn = True
         pc = (paper_columns or {}).get(c, c)
         if paper_rows and any(r.get(pc) is not None for r in paper_rows):
@@ -823,12 +1054,12 @@ def plot_adaptive_classification(table: Table, path: Path, title: str,
     for i, method in enumerate(dict.fromkeys(table.column("method"))):
         rows = [r for r in table.rows if r["method"] == method]
         color = f"C{i}"
-        ax.plot(*_finite([r["expected_dim"] for r in rows], [r["accuracy"] for r in rows]), "o-", color=color,
-                label=f"{method} adaptive (expected size)")
-        ax.plot(*_finite([r["cap"] for r in rows], [r["fixed_accuracy"] for r in rows]), "s-", color=color,
-                alpha=0.45, markersize=4, label=f"{method} fixed size")
-        ax.plot(*_finite([r["oracle_expected_dim"] for r in rows], [r["oracle_accuracy"] for r in rows]), "^:",
-                color=color, markersize=4, label=f"{method} oracle")
+        _line(ax, *_points(table, rows, "expected_dim", "accuracy"), "o-", color=color,
+              label=f"{method} adaptive (expected size)")
+        _line(ax, *_points(table, rows, "cap", "fixed_accuracy"), "s-", color=color, alpha=0.45, markersize=4,
+              label=f"{method} fixed size")
+        _line(ax, *_points(table, rows, "oracle_expected_dim", "oracle_accuracy"), "^:", color=color, markersize=4,
+              label=f"{method} oracle")
         drawn = True
     if paper and paper.get("adaptive_classification"):
         pa = paper["adaptive_classification"]
@@ -866,8 +1097,9 @@ def plot_adaptive_retrieval(table: Table, path: Path, title: str,
                    and _finite([r["mflops"]], [r[metric]])[0]]
             if not sel:
                 continue
-            ax.scatter([r["mflops"] for r in sel], [r[metric] for r in sel], marker=marker,
-                       s=80 if kind == "exact" else 18, color=color, label=f"{method} {kind}")
+            xs, ys, stds = _points(table, sel, "mflops", metric)
+            ax.scatter(xs, ys, marker=marker, s=80 if kind == "exact" else 18, color=color, label=f"{method} {kind}")
+            _error_bars(ax, xs, ys, stds, ecolor=color)
             for r in sel:
                 ax.annotate(setting_label(r), (r["mflops"], r[metric]), textcoords="offset points", xytext=(4, 3),
                             fontsize=6, color=color)
@@ -902,9 +1134,9 @@ def plot_retrieval_by_size(table: Table, path: Path, title: str) -> Path | None:
         for i, method in enumerate(methods):
             rows = sorted((r for r in table.rows if r["method"] == method
                            or (method == "FF" and str(r["method"]).startswith("FF-"))), key=lambda r: r["dim"])
-            xs, ys = _finite([r["dim"] for r in rows], [r.get(metric) for r in rows])
+            xs, ys, stds = _points(table, rows, "dim", metric)
             if xs:
-                ax.plot(xs, ys, "o-", color=f"C{i}", markersize=3, label=method)
+                _line(ax, xs, ys, stds, "o-", color=f"C{i}", markersize=3, label=method)
                 drawn = True
         ax.set_xscale("log", base=2)
         ax.set_xticks(dims, [str(d) for d in dims], fontsize=7)
@@ -915,7 +1147,39 @@ def plot_retrieval_by_size(table: Table, path: Path, title: str) -> Path | None:
         ax.set_axis_off()
     if not drawn:
         return None
-    axes[0].legend(fontsize=7)
+    _legend(axes[0], fontsize=7)
+    fig.suptitle(title)
+    return save_figure(fig, path)
+
+
+def plot_validation_curve(table: Table, path: Path, title: str) -> Path | None:
+    """Validation top-1 against epoch: one panel with every model at its full width (MRL, MRL-E; FF-k in greens,
+    darker for larger k), and one with MRL at a few sizes (the ``MRL@<d>`` columns, blues, darker for larger d);
+    ±1 std bars where a model has several seeds."""
+    from matplotlib import colormaps
+    from matplotlib.ticker import MaxNLocator
+
+    panels = [(f"{name}: validation top-1 (%)", columns) for name, columns in (
+        ("Each model at its full width", [c for c in table.columns[1:] if not c.startswith("MRL@")]),
+        ("MRL by size", [c for c in table.columns if c.startswith("MRL@")])) if columns]
+    if not table.rows or not panels:
+        return None
+    fig, axes = new_panels(1, len(panels), (6.5 * len(panels), 4.6))
+    for ax, (panel, columns) in zip(axes, panels):
+        shaded = [c for c in columns if c.startswith(("FF-", "MRL@"))]
+        for c in columns:
+            if c in shaded:
+                shade = 0.45 + 0.5 * shaded.index(c) / max(1, len(shaded) - 1)
+                color = colormaps["Greens" if c.startswith("FF-") else "Blues"](shade)
+            else:
+                color = {"MRL": "C0", "MRL-E": "C1"}.get(c, "C7")
+            _line(ax, *_points(table, table.rows, "epoch", c), "o-", color=color, markersize=3,
+                  linewidth=1 if c.startswith("FF-") else 1.8, label=c)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_title(panel, fontsize=9)
+        ax.set_xlabel("epoch (0: the first)", fontsize=8)
+        ax.grid(True, alpha=0.3)
+        _legend(ax, fontsize=6, ncol=2)
     fig.suptitle(title)
     return save_figure(fig, path)
 
@@ -937,13 +1201,14 @@ def write_report_table(table: Table, out: Path) -> dict[str, Path]:
 
 def commands_markdown(study: Study, out: Path) -> str:
     lines = [f"# Commands behind `{study.root}`", "",
-             "Per model: the training command rebuilt from `.hydra/overrides.yaml` (plus the `hydra.*` overrides "
+             "Per model folder (each seed replica its own): the training command rebuilt from "
+             "`.hydra/overrides.yaml` (plus the `hydra.*` overrides "
              "recorded in `.hydra/hydra.yaml`), run from the repository root; a run resumed from a checkpoint "
              "records its last invocation (with `ckpt_path=...`). The composed config is copied to "
              "`configs/<model>.yaml`; the embedding and evaluation commands come from their own records where the "
              "evaluation stage has run.", ""]
     for m in _ordered(study):
-        lines += [f"## {m.name} ({m.label})", ""]
+        lines += [f"## {m.name} ({m.label}, seed {m.seed})", ""]
         cmd = m.train_command()
         lines += ["Train:", "", "```bash", cmd, "```", ""] if cmd else ["Train: (no `.hydra/overrides.yaml`)", ""]
         if (out / "configs" / f"{m.name}.yaml").is_file():
@@ -969,7 +1234,7 @@ def commands_markdown(study: Study, out: Path) -> str:
 
 
 def _ordered(study: Study) -> list[Model]:
-    return [m for m in [study.model("mrl"), study.model("mrle"), *study.ff_models()] if m is not None]
+    return [m for g in study.groups() for m in g]
 
 
 SETUP_KEYS = (("experiment", "experiment_name"), ("data set", "data.name"), ("backbone", "model.backbone.name"),
@@ -981,7 +1246,7 @@ SETUP_KEYS = (("experiment", "experiment_name"), ("data set", "data.name"), ("ba
               ("LR reference batch", "model.optimizer.lr_reference_batch"),
               ("weight decay", "model.optimizer.weight_decay"), ("scheduler", "model.scheduler.name"),
               ("warm-up epochs", "model.scheduler.warmup_epochs"), ("precision", "trainer.precision"),
-              ("devices", "trainer.devices"), ("seed", "seed"), ("checkpoint tested", "test_checkpoint"),
+              ("devices", "trainer.devices"), ("checkpoint tested", "test_checkpoint"),
               ("validation fraction", "data.val_fraction"))
 
 
@@ -992,13 +1257,16 @@ def summary_markdown(study: Study, tables: Mapping[str, Table], plots: Mapping[s
              "under each table's sources in its `.md`). All accuracies and retrieval metrics in percent.", ""]
     if command:
         lines += ["```bash", command, "```", ""]
-    models = ", ".join(f"{m.name} ({m.label})" for m in _ordered(study)) or "none"
-    lines += [f"Run directory: `{study.root}`, model {models}" if study.single_run
-              else f"Study: `{study.root}`; models present: {models}", ""]
+    if study.single_run:
+        lines += [f"Run directory: `{study.root}`, model " +
+                  ", ".join(f"{m.name} ({m.label})" for m in _ordered(study)), ""]
+    else:
+        models = ", ".join(f"{g[0].label} ({', '.join(m.name for m in g)})" for g in study.groups()) or "none"
+        lines += [f"Study: `{study.root}`; models present (their folders): {models}", ""]
     lines += ["## Setup (from the configs)", ""]
     if study.config:
         lines += [f"Read from `{study.config_from}/.hydra/config.yaml`; every model uses the same recipe except "
-                  "the head and its sizes" + (" (but see the differences below)." if any(
+                  "the head, its sizes and the seed" + (" (but see the differences below)." if any(
                       n.startswith("recipe differs") for n in study.notes) else "."), "",
                   "| setting | value |", "|---|---|"]
         for label, key in SETUP_KEYS:
@@ -1007,18 +1275,25 @@ def summary_markdown(study: Study, tables: Mapping[str, Table], plots: Mapping[s
                 v = f"{v} ({', '.join(map(str, study.nesting))})"
             if v is not None:
                 lines.append(f"| {label} | {', '.join(map(str, v)) if isinstance(v, list) else v} |")
-        ff = [m.k for m in study.ff_models()]
+        ff = [g[0].k for g in study.ff_groups()]
         lines.append(f"| FF-k models present | {', '.join(map(str, ff)) if ff else 'none'} |")
     else:
         lines.append("(no model config found)")
     lines.append("")
+    if study.models:
+        lines += [("Seeds present (a model's seed replicas are its folders `<model>-seed<s>`; the tables show the "
+                   "mean over them, `mean ± std (n)`):"), "", "| model | seeds | folders |", "|---|---|---|"]
+        lines += [f"| {g[0].label} | {', '.join(str(m.seed) for m in g)} | {', '.join(m.name for m in g)} |"
+                  for g in study.groups()]
+        lines.append("")
     lines += ["## Missing (study stages not run yet, or failed)", ""]
     lines += [f"* {m}" for m in study.missing] or ["* nothing: every model and evaluator table is present"]
     lines.append("")
     if study.notes:
         lines += ["## Notes", ""] + [f"* {n}" for n in study.notes] + [""]
     captions = {"top1_by_size": "Linear top-1 by size", "knn_top1_by_size": "1-NN top-1 by size",
-                "adaptive_classification": "Adaptive classification", "adaptive_retrieval": "Adaptive retrieval"}
+                "adaptive_classification": "Adaptive classification", "adaptive_retrieval": "Adaptive retrieval",
+                "validation_curve": "Validation top-1 per epoch"}
     for name, table in tables.items():
         lines += [table.markdown("##"), ""]
         plot = plots.get(name)
@@ -1045,47 +1320,125 @@ def _num(v: Any) -> float | None:
     return float(v) if isinstance(v, (int, float)) and v == v else None
 
 
-def _diff(a: Any, b: Any) -> str:
-    a, b = _num(a), _num(b)
-    return "" if a is None or b is None else f"{a - b:+.2f}"
+def _spread_at(table: Table, column: str, dim: int) -> tuple[float | None, int | None]:
+    """``(std, None)``: the std over seeds of a by-size table's ``column`` at size ``dim``; for a single seed
+    there, ``(std, size)``: the std at the nearest size in log2 with >= 2 seeds (the larger std on a tie),
+    borrowed from it; ``(None, None)`` when the column has >= 2 seeds at no size."""
+    std = table.std_column(column)
+    measured = {r["dim"]: r[std] for r in table.rows if std and table.seed_count(r, column) > 1}
+    if dim in measured:
+        return measured[dim], None
+    if not measured:
+        return None, None
+    nearest = min(measured, key=lambda d: (abs(math.log2(d) - math.log2(dim)), -measured[d]))
+    return measured[nearest], nearest
 
 
-def findings_markdown(tables: Mapping[str, Table], k: int = 10, tolerance: float = 0.5) -> str:
+def _verdict(diff: float, spread: float | None) -> str:
+    """A difference of means is a difference only when it exceeds its spread."""
+    if spread is None:
+        return "no spread measured"
+    return "higher" if diff > spread else "lower" if diff < -spread else "within noise"
+
+
+def _comparison(table: Table, a: str, b: str, title: str) -> list[str]:
+    """A findings section: ``a - b`` at every size where both have a value, with the spread it is judged against
+    (the sum of both sides' :func:`_spread_at`) and its :func:`_verdict`, then the count of each verdict."""
+    out = [f"### {title}", "", f"| dim | {a} | {b} | {a} - {b} | spread | verdict |",
+           "|---:|---:|---:|---:|---:|:---|"]
+    verdicts = []
+    for r in table.rows:
+        if _num(r.get(a)) is None or _num(r.get(b)) is None:
+            continue
+        diff = r[a] - r[b]
+        sides = [(side, *_spread_at(table, side, r["dim"])) for side in (a, b)]
+        measured = [(side, std) for side, std, _ in sides if std is not None]
+        if not measured:
+            spread, how = None, f"{a}: one seed only; {b}: one seed only"
+        else:
+            # a method trained with one seed only is taken to be as noisy as the other (say, MRL-E as MRL)
+            spread = sum(std if std is not None else measured[0][1] for _, std, _ in sides)
+            how = "; ".join(f"{side}: std of size {d}, borrowed" if std is not None and d is not None else
+                            f"{side}: one seed, {measured[0][0]}'s std assumed" if std is None else ""
+                            for side, std, d in sides).strip("; ")
+        verdicts.append(_verdict(diff, spread))
+        out.append(f"| {r['dim']} | {table.cell(r, a)} | {table.cell(r, b)} | {diff:+.2f} | "
+                   f"{'–' if spread is None else f'{spread:.2f}'}{f' ({how})' if how else ''} | {verdicts[-1]} |")
+    if not verdicts:
+        return out[:2] + ["(no size where both have a value)", ""]
+    count = {v: verdicts.count(v) for v in ("higher", "within noise", "lower", "no spread measured")}
+    judged = len(verdicts) - count["no spread measured"]
+    return out + ["", (f"{a} >= {b} (higher or within noise) at {count['higher'] + count['within noise']} of "
+                       f"{judged} sizes with a measured spread (higher at {count['higher']}, within noise at "
+                       f"{count['within noise']}, lower at {count['lower']}); no spread measured at "
+                       f"{count['no spread measured']} of {len(verdicts)} sizes."), ""]
+
+
+def _validation_findings(table: Table) -> list[str]:
+    """Each model's last validated epoch, its validation top-1 there and the change over the last 2 epochs."""
+    out = ["## Validation curve", ""]
+    models = [c for c in table.columns[1:] if not c.startswith("MRL@")]
+    if not models:
+        return out + ["(no validation curve: see validation_curve.md)", ""]
+    out += [("From `validation_curve`: each model at its full width; a change near 0 over the last 2 epochs means "
+             "the curve has flattened."), "",
+            "| model | last epoch | validation top-1 | change over the last 2 epochs |", "|:---|---:|---:|---:|"]
+    by_epoch = {r["epoch"]: r for r in table.rows}
+    for c in models:
+        last = max(e for e, r in by_epoch.items() if _num(r.get(c)) is not None)
+        before = by_epoch.get(last - 2, {}).get(c)
+        change = "–" if _num(before) is None else \
+            f"{by_epoch[last][c] - before:+.2f} (epoch {last - 2}: {_fmt(before)})"
+        out.append(f"| {c} | {last} | {table.cell(by_epoch[last], c)} | {change} |")
+    return out + [""]
+
+
+def findings_markdown(tables: Mapping[str, Table], k: int = 10, tolerance: float = 0.5,
+                      seeds: Mapping[str, Sequence[int]] | None = None) -> str:
     """The paper's claims checked on this study's tables: every number below is computed here from
-    them (differences in points), so the prose of a study README can cite it without retyping."""
+    them (differences of means over seeds, in points, each judged against its spread), so the prose of a
+    study README can cite it without retyping. ``seeds``: ``{model label: its seeds}``
+    (:meth:`Study.seeds`), listed when given."""
     top1, mapk = tables["top1_by_size"], tables[f"map{k}_by_size"]
     out = ["# The paper's claims, checked on this study's numbers", "",
-           f"Computed by `mrl.study_report.findings_markdown` from the tables of this folder; all in % and "
-           f"percentage points. \"equal\" means within {tolerance} points.", "",
-           "## Per size: MRL vs FF, MRL-E vs MRL, and the post-hoc baselines", "",
-           f"| dim | MRL top-1 | FF top-1 | MRL - FF | MRL-E - MRL | MRL - SVD | MRL - Rand-LP | MRL mAP@{k} | "
-           f"FF mAP@{k} | MRL - FF mAP@{k} |", "|" + "---:|" * 10]
-    wins = total = 0
-    for r in top1.rows:
-        m = mapk.value("dim", r["dim"], "MRL"), mapk.value("dim", r["dim"], "FF")
-        out.append(f"| {r['dim']} | {_fmt(r.get('MRL'))} | {_fmt(r.get('FF'))} | {_diff(r.get('MRL'), r.get('FF'))} | "
-                   f"{_diff(r.get('MRL-E'), r.get('MRL'))} | {_diff(r.get('MRL'), r.get('SVD'))} | "
-                   f"{_diff(r.get('MRL'), r.get('Rand-LP'))} | {_fmt(m[0])} | {_fmt(m[1])} | {_diff(*m)} |")
-        if _num(r.get("MRL")) is not None and _num(r.get("FF")) is not None:
-            total += 1
-            wins += r["MRL"] >= r["FF"] - tolerance
-    out += ["", f"MRL's top-1 is at least FF's (within {tolerance} points) at {wins} of {total} sizes."]
+           "Computed by `mrl.study_report.findings_markdown` from the tables of this folder; all in % and "
+           "percentage points.", "",
+           ("**How a difference is judged.** Every number is the mean over the seeds a model was trained with "
+            "(`mean ± std (n)`: the sample standard deviation over n seeds). The spread of a difference of two means "
+            "is the sum of the two sides' standard deviations; a side with a single seed at a size borrows the "
+            "standard deviation of the same method at the nearest size (in log2; the larger one on a tie) that has "
+            "at least 2 seeds, marked \"borrowed\". The verdict is `higher` or `lower` only when |difference| "
+            "exceeds the spread, `within noise` otherwise. A method trained with a single seed at every size (MRL-E "
+            "here) is assumed as noisy as the method it is compared with, marked \"assumed\"; when neither side has "
+            "a spread, the verdict is `no spread measured` (never called a difference). In the adaptive sections, \"equal\" means within "
+            f"{tolerance} points."), ""]
+    if seeds is not None:
+        out += ["## Seeds per model", ""] + [f"* {label}: {', '.join(map(str, s))}" for label, s in seeds.items()]
+        out.append("")
+    out += ["## Per size: MRL vs FF, MRL-E vs MRL, and the post-hoc baselines", ""]
+    out += _comparison(top1, "MRL", "FF", "MRL vs FF-k, linear top-1")
+    out += _comparison(mapk, "MRL", "FF", f"MRL vs FF-k, mAP@{k}")
+    out += _comparison(top1, "MRL-E", "MRL", "MRL-E vs MRL, linear top-1")
+    out += _comparison(top1, "MRL", "SVD", "MRL vs SVD, linear top-1")
+    out += _comparison(top1, "MRL", "Rand-LP", "MRL vs Rand-LP, linear top-1")
 
     ac = tables["adaptive_classification"]
-    out += ["", "## Adaptive classification", ""]
+    out += ["## Adaptive classification", ""]
     for method in dict.fromkeys(ac.column("method")):
         rows = sorted((r for r in ac.rows if r["method"] == method), key=lambda r: r["cap"])
         full = rows[-1]
         target = full["fixed_accuracy"] - tolerance
         reach = next((r for r in rows if r["accuracy"] >= target), None)
         fixed = next((r for r in rows if r["fixed_accuracy"] >= target), None)
-        out.append(f"* {method}: full size {full['cap']} alone: {_fmt(full['fixed_accuracy'])}; the cascade over all "
-                   f"sizes: {_fmt(full['accuracy'])} at an expected size of {_fmt(full['expected_dim'])} dims; "
+        out.append(f"* {method}: full size {full['cap']} alone: {ac.cell(full, 'fixed_accuracy')}; the cascade over "
+                   f"all sizes: {ac.cell(full, 'accuracy')} at an expected size of {ac.cell(full, 'expected_dim')} "
+                   "dims; "
                    + (f"the smallest cap within {tolerance} points of the full size is {reach['cap']}, at "
-                      f"{_fmt(reach['accuracy'])} and an expected {_fmt(reach['expected_dim'])} dims"
+                      f"{ac.cell(reach, 'accuracy')} and an expected {ac.cell(reach, 'expected_dim')} dims"
                       if reach else f"no cap comes within {tolerance} points of the full size")
                    + (f" (a fixed size needs {fixed['cap']} dims for that)" if fixed else "")
-                   + f"; oracle: {_fmt(full['oracle_accuracy'])} at {_fmt(full['oracle_expected_dim'])} dims.")
+                   + f"; oracle: {ac.cell(full, 'oracle_accuracy')} at {ac.cell(full, 'oracle_expected_dim')} "
+                   "dims.")
 
     ar = tables["adaptive_retrieval"]
     metric = next((c for c in ar.columns if c.startswith("map@")), f"map@{k}")
@@ -1098,13 +1451,14 @@ def findings_markdown(tables: Mapping[str, Table], k: int = 10, tolerance: float
         equal = [r for r in rows if r["kind"] != "exact" and _num(r.get(metric)) is not None
                  and r[metric] >= exact[metric] - tolerance]
         best = min(equal, key=lambda r: r["mflops"]) if equal else None
-        out.append(f"* {method}: exact search at {exact['D_s']} dims: {metric} {_fmt(exact[metric])}, "
-                   f"{_fmt(exact['mflops'])} MFLOPs and {_fmt(exact['us_per_query'])} us per query; "
+        out.append(f"* {method}: exact search at {exact['D_s']} dims: {metric} {ar.cell(exact, metric)}, "
+                   f"{_fmt(exact['mflops'])} MFLOPs and {ar.cell(exact, 'us_per_query')} us per query; "
                    + (f"cheapest equal-{metric} setting: {best['kind']} D_s={best['D_s']}, D_r={best['D_r']}, "
-                      f"K={best['K']}: {metric} {_fmt(best[metric])}, {_fmt(best['mflops_speedup'])}x fewer MFLOPs, "
-                      f"{_fmt(best['speedup'])}x faster wall-clock on this machine" if best
+                      f"K={best['K']}: {metric} {ar.cell(best, metric)}, {_fmt(best['mflops_speedup'])}x fewer "
+                      f"MFLOPs, {ar.cell(best, 'speedup')}x faster wall-clock on this machine" if best
                       else f"no setting reaches the exact {metric}") + ".")
-    return "\n".join(out) + "\n"
+    out += [""] + _validation_findings(tables["validation_curve"])
+    return "\n".join(out).rstrip() + "\n"
 
 
 @dataclass
@@ -1119,7 +1473,8 @@ class Report:
 def write_report(study: Study, out_dir: str | Path, title: str | None = None, k: int = 10,
                  paper_dir: str | Path | None = DEFAULT_PAPER_DIR, imagenet: bool | None = None,
                  command: str | None = None) -> Report:
-    """Write the study's tables, plots, ``commands.md``, ``configs/`` and ``summary.md`` into ``out_dir``.
+    """Write the study's tables, plots, ``commands.md``, ``configs/``, ``summary.md`` and ``findings.md`` into
+    ``out_dir``.
 
     ``imagenet``: overlay the paper's curves (``None``: when the study's config says ``data.name:
     imagenet``). ``paper_dir``: the paper reference CSVs (``None`` or absent: no paper numbers)."""
@@ -1150,6 +1505,8 @@ def write_report(study: Study, out_dir: str | Path, title: str | None = None, k:
     plots["adaptive_retrieval"] = plot_adaptive_retrieval(
         tables["adaptive_retrieval"], out / "adaptive_retrieval.png", f"Adaptive retrieval, {title}",
         ov if k == 10 else None)
+    plots["validation_curve"] = plot_validation_curve(tables["validation_curve"], out / "validation_curve.png",
+                                                      f"Validation top-1 per epoch, {title}")
     for stem, p in list(plots.items()):
         if p is None:
             stale = out / f"{stem}.png"
@@ -1167,6 +1524,6 @@ def write_report(study: Study, out_dir: str | Path, title: str | None = None, k:
                 files.append(dst)
     atomic_write_text(out / "commands.md", commands_markdown(study, out))
     atomic_write_text(out / "summary.md", summary_markdown(study, tables, plots, title, command, paper, overlay))
-    atomic_write_text(out / "findings.md", findings_markdown(tables, k))
+    atomic_write_text(out / "findings.md", findings_markdown(tables, k, seeds=study.seeds()))
     files += [out / "commands.md", out / "summary.md", out / "findings.md"]
     return Report(out, study, tables, plots, files)

@@ -2,10 +2,11 @@
 ``python scripts/report.py --dir logs/cifar10_study --out results/cifar10 [--title ...] [--paper DIR]``.
 
 Thin wrapper over :mod:`mrl.study_report`. ``--dir`` is a study folder (one run directory per model: ``mrl``,
-``mrle``, ``ff<k>``) or one run directory (``scripts/train.py``'s output, optionally with ``embeddings/`` and
-``eval/`` inside); which one is detected. Writes ``<out>/``: ``top1_by_size``, ``knn_top1_by_size``,
-``map10_by_size``, ``retrieval_by_size``, ``adaptive_classification``, ``adaptive_retrieval`` (``.csv``,
-``.md``, ``.json``, ``.png``), ``commands.md``, ``configs/<model>.yaml``, ``summary.md`` and ``findings.md``.
+``mrle``, ``ff<k>``, and seed replicas ``<model>-seed<s>``, averaged with their std in every table) or one run
+directory (``scripts/train.py``'s output, optionally with ``embeddings/`` and ``eval/`` inside); which one is
+detected. Writes ``<out>/``: ``top1_by_size``, ``knn_top1_by_size``, ``map10_by_size``, ``retrieval_by_size``,
+``adaptive_classification``, ``adaptive_retrieval``, ``validation_curve`` (``.csv``, ``.md``, ``.json``,
+``.png``), ``commands.md``, ``configs/<model>.yaml``, ``summary.md`` and ``findings.md``.
 Missing models or evaluator tables are listed in ``summary.md`` and skipped; an input file that does not
 parse stops the report with a one-line error naming it (exit status 2) before anything is written.
 """
@@ -25,7 +26,8 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dir", "--study-dir", dest="source", required=True, type=Path,
-                        help="a study folder (one run directory per model: mrl, mrle, ff<k>) or one run directory")
+                        help="a study folder (one run directory per model: mrl, mrle, ff<k>, and seed replicas "
+                             "<model>-seed<s>) or one run directory")
     parser.add_argument("--out", required=True, type=Path, help="output folder, e.g. results/cifar10")
     parser.add_argument("--title", default=None,
                         help="title of summary.md and the plots (default: the study's or run's folder name)")
@@ -54,7 +56,7 @@ def main(argv=None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     what = f"run {study.root} ({next(iter(study.models.values())).label})" if study.single_run \
-        else f"{len(study.models)} model(s) from {study.root}"
+        else f"{len(study.groups())} model(s) in {len(study.models)} folder(s) from {study.root}"
     print(f"{what} -> {report.out}/summary.md")
     if study.missing:
         print(f"missing ({len(study.missing)}):")

@@ -5,7 +5,9 @@ and the paper's reference CSVs read as published."""
 from __future__ import annotations
 
 import csv
+import json
 import shlex
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -45,19 +47,40 @@ def _v(model: int, dim: int, metric: int) -> float:
     return round(10.0 * model + dim + metric / 100 + 0.003, 4)
 
 
-MODEL_ID = {"mrl": 1, "mrle": 2, "ff2": 3, "ff8": 4}
+
+MODEL_ID = {"mrl": 1, "mrle": 2, "ff2": 3, "ff8": 4, "ff4": 5}
+EPOCHS = 3  # validated epochs in the fake csv/metrics.csv
+
+
+def _metrics_log(path: Path, dims, value) -> None:
+    """Lightning's CSVLogger ``metrics.csv`` as a run writes it: per epoch an LR row (no epoch), a training row
+    and a validation row (``value(dim, epoch)`` in ``val/top1@<dim>``); the validation cells of the other rows
+    empty, and a ``val/top1_mean`` column the report ignores."""
+    val = [f"val/top1@{m}" for m in dims]
+    rows = []
+    for e in range(EPOCHS):
+        vals = [value(m, e) for m in dims]
+        rows += [["", 0.1, 10 * e, "", "", *[""] * len(dims), ""],
+                 [e, "", 10 * e + 5, 2.0, "", *[""] * len(dims), ""],
+                 [e, "", 10 * e + 9, "", 1.5, *vals, 99.0]]
+    _write_csv(path, ["epoch", "lr-SGD", "step", "train/loss", "val/loss", *val, "val/top1_mean"], rows)
 
 
 def _model(study: Path, name: str, head: str, dims: list[int], evaluated: bool, data: str = "cifar10",
-           folder: str | None = None) -> None:
-    """Model ``name``'s run directory, in ``study/<folder or name>``."""
+           folder: str | None = None, seed: int = 42, offset: float = 0.0) -> None:
+    """Model ``name``'s run directory, in ``study/<folder or name>``, trained with ``seed``: every number of its
+    files is ``_v(...) + offset``."""
     d = study / (folder or name)
     i = MODEL_ID[name]
+
+    def v(model: int, dim: int, metric: int) -> float:
+        return _v(model, dim, metric) + offset
+
     hydra = d / ".hydra"
     hydra.mkdir(parents=True)
     overrides = ["+experiment=cifar10_resnet18_study", "data.root=/data/c10.tar.gz", "logger=csv",
                  f"model.head={head}"] + ([f"model.nesting_dims=[{dims[0]}]"] if head == "ff" else [])
-    cfg = {"task_name": "train", "experiment_name": "cifar10_resnet18_study", "seed": 42, "ckpt_path": None,
+    cfg = {"task_name": "train", "experiment_name": "cifar10_resnet18_study", "seed": seed, "ckpt_path": None,
            "test_checkpoint": "last",
            "data": {"name": data, "root": "/data/c10.tar.gz", "batch_size": 128},
            "model": {"backbone": {"name": "torchvision/resnet18", "small_input": False}, "head": head,
@@ -71,29 +94,30 @@ def _model(study: Path, name: str, head: str, dims: list[int], evaluated: bool, 
                                  "task": overrides}}}))
     (d / "checkpoints").mkdir()
     (d / "checkpoints" / "last.ckpt").write_bytes(b"")
-    _write_csv(d / "metrics_by_dim.csv", METRICS_COLS, [[m, _v(i, m, 1), _v(i, m, 5)] for m in dims])
+    _write_csv(d / "metrics_by_dim.csv", METRICS_COLS, [[m, v(i, m, 1), v(i, m, 5)] for m in dims])
+    _metrics_log(d / "csv" / "metrics.csv", dims, lambda m, e: v(i, m, 70 + e))
     if not evaluated:
         return
     ev = d / "eval"
     _write_csv(ev / "classification.csv", CLASSIFICATION_COLS,
-               [[m, True, _v(i, m, 11), _v(i, m, 15), _v(i, m, 21), _v(i, m, 11)] for m in dims])
+               [[m, True, v(i, m, 11), v(i, m, 15), v(i, m, 21), v(i, m, 11)] for m in dims])
     _write_csv(ev / "retrieval.csv", RETRIEVAL_COLS,
-               [[m, _v(i, m, 31), _v(i, m, 32), _v(i, m, 33), _v(i, m, 34), _v(i, m, 35), _v(i, m, 36),
-                 _v(i, m, 37), _v(i, m, 38), _v(i, m, 39), 0.001, 0.002] for m in dims])
+               [[m, v(i, m, 31), v(i, m, 32), v(i, m, 33), v(i, m, 34), v(i, m, 35), v(i, m, 36),
+                 v(i, m, 37), v(i, m, 38), v(i, m, 39), 0.001, 0.002] for m in dims])
     if head != "ff":
         _write_csv(ev / "adaptive_classification.csv", AC_COLS,
-                   [[c, _v(i, c, 41), 0.5, c * 0.75, 0.1, _v(i, c, 42), _v(i, c, 43), c * 0.5, "0.3", "1"]
+                   [[c, v(i, c, 41), 0.5, c * 0.75, 0.1, v(i, c, 42), v(i, c, 43), c * 0.5, "0.3", "1"]
                     for c in dims])
         _write_csv(ev / "adaptive_retrieval.csv", AR_COLS,
-                   [["exact", 8, 8, "", _v(i, 8, 51), _v(i, 8, 52), 0.4, 100.0, 1.0],
-                    ["adaptive (exact)", 2, 8, 50, _v(i, 2, 51), _v(i, 2, 52), 0.1, 50.0, 2.0],
-                    ["funnel (exact)", 2, "4,8", "200,10", _v(i, 2, 53), _v(i, 2, 54), 0.125, 80.0, 1.25]])
+                   [["exact", 8, 8, "", v(i, 8, 51), v(i, 8, 52), 0.4, 100.0, 1.0],
+                    ["adaptive (exact)", 2, 8, 50, v(i, 2, 51), v(i, 2, 52), 0.1, 50.0, 2.0],
+                    ["funnel (exact)", 2, "4,8", "200,10", v(i, 2, 53), v(i, 2, 54), 0.125, 80.0, 1.25]])
     else:
         _write_csv(ev / "baselines.csv", BASELINE_COLS,
-                   [[m, _v(9, m, 61), _v(9, m, 62), _v(9, m, 63), _v(9, m, 64), _v(9, m, 65)] for m in NESTING])
+                   [[m, v(9, m, 61), v(9, m, 62), v(9, m, 63), v(9, m, 64), v(9, m, 65)] for m in NESTING])
     # scripts/cifar10_study.sh's layout: <model>/embeddings with its Hydra record in embeddings/hydra/.hydra;
     # ff8: a folder outside the study with .hydra inside
-    emb = study.parent / "embeddings" / name if name == "ff8" else d / "embeddings"
+    emb = study.parent / "embeddings" / d.name if name == "ff8" else d / "embeddings"
     record = emb if name == "ff8" else emb / "hydra"
     (record / ".hydra").mkdir(parents=True)
     (record / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(
@@ -103,7 +127,7 @@ def _model(study: Path, name: str, head: str, dims: list[int], evaluated: bool, 
 
 
 REPORT_TABLES = ("top1_by_size", "knn_top1_by_size", "map10_by_size", "retrieval_by_size", "adaptive_classification",
-                 "adaptive_retrieval")
+                 "adaptive_retrieval", "validation_curve")
 
 
 def test_readme_lists_exactly_the_tables_and_plots_the_report_writes():
@@ -247,6 +271,8 @@ def test_write_report(study, tmp_path):
     assert "| nesting sizes (MRL, MRL-E) | 2, 4, 8 |" in summary
     assert "* ff4: model folder missing" in summary
     assert "![Linear top-1 by size](top1_by_size.png)" in summary
+    assert "![Validation top-1 per epoch](validation_curve.png)" in summary
+    assert "| MRL | 42 | mrl |" in summary and "| FF-8 | 42 | ff8 |" in summary  # the seeds present
     # not ImageNet: the paper is cited for context, not overlaid
     assert "For context only" in summary and "overlaid" in summary
 
@@ -481,7 +507,7 @@ def test_commands_note_an_unrecorded_embed_command(study, tmp_path):
     shutil.rmtree(study / "mrle" / "embeddings")
     write_report(collect(study), tmp_path / "out", paper_dir=None)
     commands = (tmp_path / "out" / "commands.md").read_text()
-    mrl, mrle = commands.split("## mrl (MRL)")[1].split("## mrle (MRL-E)")
+    mrl, mrle = commands.split("## mrl (MRL, seed 42)")[1].split("## mrle (MRL-E, seed 42)")
     assert "python scripts/embed.py" in mrl and "Embed: not recorded" not in mrl
     mrle = mrle.split("## ff")[0]
     assert "python scripts/embed.py" not in mrle and "Embed: not recorded" in mrle
@@ -506,6 +532,10 @@ def test_an_input_that_does_not_parse_is_a_one_line_error_naming_it(study, tmp_p
         ("mrle/eval/adaptive_classification.csv", "", "has no header row"),
         ("mrl/.hydra/config.yaml", "model: [1, 2\n", "is not valid YAML (while parsing a flow sequence"),
         ("mrl/.hydra/overrides.yaml", "a: 1\n", "holds a dict, not Hydra's list of overrides"),
+        ("mrl/csv/metrics.csv", "epoch,step,val/top1@8\n0,9,\n0,10,abc\n",
+         "column val/top1@8 holds 'abc', not a number"),
+        ("mrl/csv/metrics.csv", "epoch,step,val/top1@8\n,9,50.5\n",
+         "a row with val/top1@8 = 50.5 has epoch None, not an integer"),
     ]
     for rel, text, problem in cases:
         original = (study / rel).read_bytes()
@@ -534,17 +564,301 @@ def test_an_input_that_does_not_parse_is_a_one_line_error_naming_it(study, tmp_p
                                         "line 1 column 42 (char 41)); re-run scripts/embed.py for this split"]
 
 
+def _section_rows(text: str, heading: str) -> dict[int, list[str]]:
+    """The cells of a findings comparison table under ``### heading``, by size."""
+    section = text.split(f"### {heading}\n")[1].split("\n#")[0]
+    rows = [[c.strip() for c in line.strip("|").split("|")] for line in section.splitlines()
+            if line.startswith("| ") and not line.startswith("| dim")]
+    return {int(r[0]): r[1:] for r in rows}
+
+
 def test_findings_are_computed_from_the_tables(study):
     from mrl.study_report import build_tables, collect_study, findings_markdown
 
     text = findings_markdown(build_tables(collect_study(study)))
-    row8 = next(line for line in text.splitlines() if line.startswith("| 8 |"))
-    cells = [c.strip() for c in row8.strip("|").split("|")]
     mrl, ff, svd = _v(1, 8, 1), _v(4, 8, 1), _v(9, 8, 61)  # MRL and FF-8 top-1, SVD probe at 8
-    assert cells[3] == f"{mrl - ff:+.2f}" and cells[5] == f"{mrl - svd:+.2f}"
-    assert cells[4] == f"{_v(2, 8, 1) - mrl:+.2f}"  # MRL-E - MRL
+    # one seed of every model: the differences are shown, none is called one
+    assert _section_rows(text, "MRL vs FF-k, linear top-1")[8] == [
+        f"{mrl:.2f}", f"{ff:.2f}", f"{mrl - ff:+.2f}", "– (MRL: one seed only; FF: one seed only)",
+        "no spread measured"]
+    assert _section_rows(text, "MRL vs SVD, linear top-1")[8][2] == f"{mrl - svd:+.2f}"
+    assert _section_rows(text, "MRL-E vs MRL, linear top-1")[8][2] == f"{_v(2, 8, 1) - mrl:+.2f}"
+    assert "MRL >= FF (higher or within noise) at 0 of 0 sizes with a measured spread" in text
     # the fake adaptive rows score below exact search: no equal-mAP setting exists
     assert "* MRL: exact search at 8 dims" in text and "no setting reaches the exact map@10" in text
+
+
+# --------------------------------------------------------------------------------------------------
+# seed replicas: means and spreads, verdicts against the spread, the validation curve
+# --------------------------------------------------------------------------------------------------
+
+OFFSETS = {42: 0.0, 43: 0.37, 44: -0.21}  # a replica's numbers: the seed-42 ones + its seed's offset
+
+
+def _replica(name: str, seed: int) -> str:
+    """scripts/cifar10_study.sh's folder name: seed 42 without a suffix."""
+    return name if seed == 42 else f"{name}-seed{seed}"
+
+
+def _over_seeds(value) -> tuple[float, float]:
+    """Mean and sample std of ``value + offset`` over the seeds of OFFSETS, computed here."""
+    xs = [value + o for o in OFFSETS.values()]
+    return statistics.mean(xs), statistics.stdev(xs)
+
+
+@pytest.fixture()
+def seeds_study(tmp_path) -> Path:
+    """MRL and FF-8 (with baselines) trained with seeds 42, 43, 44; MRL-E and FF-2 with seed 42 only."""
+    root = tmp_path / "seeds"
+    for seed, offset in OFFSETS.items():
+        _model(root, "mrl", "mrl", NESTING, True, folder=_replica("mrl", seed), seed=seed, offset=offset)
+        _model(root, "ff8", "ff", [8], True, folder=_replica("ff8", seed), seed=seed, offset=offset)
+    _model(root, "mrle", "mrle", NESTING, True)
+    _model(root, "ff2", "ff", [2], True)
+    return root
+
+
+def test_seed_replicas_are_averaged_in_every_table(seeds_study, tmp_path):
+    from mrl.study_report import build_tables
+
+    s = collect_study(seeds_study)
+    assert s.seeds() == {"MRL": [42, 43, 44], "MRL-E": [42], "FF-2": [42], "FF-8": [42, 43, 44]}
+    assert not any("recipe differs" in n for n in s.notes)  # the seed is the replicas' own
+    assert "ff4: model folder missing" in s.missing and not any("mrl-seed" in m for m in s.missing)
+    t = build_tables(s)
+
+    top1 = t["top1_by_size"]
+    assert top1.columns == ["dim", "MRL", "MRL-E", "FF", "SVD", "SVD-classifier", "Rand-LP"]
+    for row in top1.rows:
+        d = row["dim"]
+        mean, std = _over_seeds(_v(1, d, 1))
+        assert (row["MRL"], row["MRL_std"], row["MRL_n"]) == (pytest.approx(mean), pytest.approx(std), 3)
+        assert (row["MRL-E"], row["MRL-E_std"], row["MRL-E_n"]) == (_v(2, d, 1), None, 1)
+        mean, std = _over_seeds(_v(9, d, 61))  # each ff8 replica has its baselines
+        assert (row["SVD"], row["SVD_std"], row["SVD_n"]) == (pytest.approx(mean), pytest.approx(std), 3)
+    mean8, std8 = _over_seeds(_v(4, 8, 1))
+    assert {r["dim"]: (r.get("FF"), r.get("FF_n")) for r in top1.rows} == \
+        {2: (_v(3, 2, 1), 1), 4: (None, None), 8: (pytest.approx(mean8), 3)}
+    # every replica file is a source
+    for seed in OFFSETS:
+        assert f"MRL, seed {seed}: `{seeds_study / _replica('mrl', seed) / 'metrics_by_dim.csv'}` (top1)" \
+            in top1.sources
+        assert f"SVD, seed {seed}: `{seeds_study / _replica('ff8', seed) / 'eval' / 'baselines.csv'}` " \
+               "(svd_top1)" in top1.sources
+
+    full = t["retrieval_by_size"]
+    assert [(r["method"], r["dim"]) for r in full.rows if r["method"].startswith("FF")] == [("FF-2", 2), ("FF-8", 8)]
+    mrl4 = next(r for r in full.rows if r["method"] == "MRL" and r["dim"] == 4)
+    mean, std = _over_seeds(_v(1, 4, 34))
+    assert (mrl4["recall@10"], mrl4["recall@10_std"], mrl4["recall@10_n"]) == (pytest.approx(mean),
+                                                                               pytest.approx(std), 3)
+    rand = next(r for r in full.rows if r["method"] == "Rand-FS" and r["dim"] == 2)
+    assert (rand["map@10"], rand["map@10_n"], rand.get("precision@10")) == (pytest.approx(_over_seeds(_v(9, 2, 65))[0]),
+                                                                        3, None)
+
+    ac = t["adaptive_classification"]
+    assert len(ac.rows) == 2 * len(NESTING)
+    r = next(r for r in ac.rows if r["method"] == "MRL" and r["cap"] == 4)
+    mean, std = _over_seeds(_v(1, 4, 41))
+    # accuracy_std keeps its meaning (the spread over one run's splits: 0.5 in every replica); across seeds: _seed_std
+    assert (r["accuracy"], r["accuracy_seed_std"], r["accuracy_n"], r["accuracy_std"]) == \
+        (pytest.approx(mean), pytest.approx(std), 3, 0.5)
+    assert (r["expected_dim"], r["expected_dim_seed_std"], r["expected_dim_std"]) == (3.0, 0.0, 0.1)
+
+    ar = t["adaptive_retrieval"]
+    assert len(ar.rows) == 6  # 3 settings x (MRL, MRL-E): the replicas' rows merged
+    r = next(r for r in ar.rows if r["method"] == "MRL" and r["kind"] == "funnel (exact)")
+    mean, std = _over_seeds(_v(1, 2, 53))
+    assert (r["D_r"], r["K"], r["map@10"], r["map@10_std"], r["map@10_n"], r["mflops"]) == \
+        ("4,8", "200,10", pytest.approx(mean), pytest.approx(std), 3, 0.125)
+    assert r["mflops_speedup"] == pytest.approx(0.4 / 0.125)
+
+    # the written files: the mean in the old column, <column>_std and <column>_n beside it; Markdown mean ± std (n)
+    out = tmp_path / "out"
+    write_report(s, out, paper_dir=None)
+    with (out / "top1_by_size.csv").open() as f:
+        assert next(csv.reader(f))[:7] == ["dim", "MRL", "MRL_std", "MRL_n", "MRL-E", "MRL-E_std", "MRL-E_n"]
+    written = {r["dim"]: r for r in read_csv(out / "top1_by_size.csv")}
+    mean, std = _over_seeds(_v(1, 8, 1))
+    assert (written[8]["MRL"], written[8]["MRL_std"], written[8]["MRL_n"]) == (pytest.approx(mean),
+                                                                               pytest.approx(std), 3)
+    assert (written[8]["MRL-E_std"], written[8]["MRL-E_n"]) == (None, 1)  # empty for one seed
+    assert "accuracy_seed_std" in read_csv(out / "adaptive_classification.csv")[0]
+    js = json.loads((out / "top1_by_size.json").read_text())
+    assert js["columns"][:4] == ["dim", "MRL", "MRL_std", "MRL_n"] and js["rows"][-1]["MRL_n"] == 3
+    md = (out / "top1_by_size.md").read_text()
+    row8 = next(line for line in md.splitlines() if line.startswith("| 8 |"))
+    cells = [c.strip() for c in row8.strip("|").split("|")]
+    assert cells[1] == f"{mean:.2f} ± {std:.2f} (3)"
+    assert cells[2] == f"{_v(2, 8, 1):.2f}"  # MRL-E: one seed, the plain value
+    assert cells[3] == f"{mean8:.2f} ± {std8:.2f} (3)"
+    assert "mean ± std (n): the mean over the n seeds" in md
+
+
+def test_summary_commands_and_plots_show_every_replica(seeds_study, tmp_path, monkeypatch):
+    from matplotlib.axes import Axes
+
+    from mrl.study_report import build_tables, plot_by_size
+
+    s = collect_study(seeds_study)
+    out = tmp_path / "out"
+    write_report(s, out, paper_dir=None)
+    summary = (out / "summary.md").read_text()
+    assert "| MRL | 42, 43, 44 | mrl, mrl-seed43, mrl-seed44 |" in summary
+    assert "| MRL-E | 42 | mrle |" in summary and "| FF-8 | 42, 43, 44 | ff8, ff8-seed43, ff8-seed44 |" in summary
+    commands = (out / "commands.md").read_text()
+    for name in ("mrl", "ff8"):
+        for seed in OFFSETS:
+            folder = _replica(name, seed)
+            assert f"## {folder} ({'MRL' if name == 'mrl' else 'FF-8'}, seed {seed})" in commands
+            assert f"hydra.run.dir={seeds_study / folder}" in commands
+            assert (out / "configs" / f"{folder}.yaml").is_file()
+    findings = (out / "findings.md").read_text()
+    assert "## Seeds per model\n\n* MRL: 42, 43, 44\n* MRL-E: 42\n* FF-2: 42\n* FF-8: 42, 43, 44\n" in findings
+
+    # error bars (±1 std) on the means over several seeds; a single-seed line drawn as before
+    bars = _spy(monkeypatch, Axes, "errorbar")
+    lines = _spy(monkeypatch, Axes, "plot")
+    table = build_tables(s)["top1_by_size"]
+    plot_by_size(table, tmp_path / "p.png", "top-1", "t")
+    drawn = {kw["label"]: (list(a[0]), list(a[1]), list(kw["yerr"])) for _, a, kw in bars}
+    assert sorted(drawn) == ["FF", "MRL", "Rand-LP", "SVD", "SVD-classifier"]
+    assert drawn["MRL"] == (NESTING, table.column("MRL"), table.column("MRL_std"))
+    std8 = _over_seeds(_v(4, 8, 1))[1]
+    assert drawn["FF"][0] == [2, 8] and drawn["FF"][2] == [0.0, pytest.approx(std8)]  # FF-2: one seed, no bar
+    assert [kw["label"] for _, _, kw in lines] == ["MRL-E"]
+
+
+def _hand_study(tmp_path) -> Path:
+    """MRL (seeds 42, 43, 44), FF-8 (the same seeds), FF-2, FF-4 and MRL-E (seed 42), their top-1 written by hand."""
+    root = tmp_path / "hand"
+    top1 = {"mrl": {2: 60.0, 4: 65.0, 8: 70.0}, "mrl-seed43": {2: 61.0, 4: 66.0, 8: 71.0},
+            "mrl-seed44": {2: 62.0, 4: 67.0, 8: 72.0},          # mean 61, 66, 71; std 1 at every size
+            "ff8": {8: 67.5}, "ff8-seed43": {8: 68.5}, "ff8-seed44": {8: 69.5},  # mean 68.5, std 1
+            "ff2": {2: 59.5}, "ff4": {4: 68.5},                   # one seed: they borrow FF-8's std, 1
+            "mrle": {2: 50.0, 4: 60.0, 8: 75.0}}                  # one seed at every size: MRL's spread
+    for folder, values in top1.items():
+        name, _, seed = folder.partition("-seed")
+        head = "ff" if name.startswith("ff") else name
+        _model(root, name, head, list(values), False, folder=folder, seed=int(seed or 42))
+        _write_csv(root / folder / "metrics_by_dim.csv", METRICS_COLS, [[d, v, 99.0] for d, v in values.items()])
+    return root
+
+
+def test_findings_call_a_difference_only_beyond_the_spread(tmp_path):
+    from mrl.study_report import build_tables, findings_markdown
+
+    text = findings_markdown(build_tables(collect_study(_hand_study(tmp_path))))
+    assert "`higher` or `lower` only when |difference| exceeds the spread" in text
+    rows = _section_rows(text, "MRL vs FF-k, linear top-1")
+    # 8: 71 - 68.5 = +2.5 against 1 + 1 = 2: higher
+    assert rows[8] == ["71.00 ± 1.00 (3)", "68.50 ± 1.00 (3)", "+2.50", "2.00", "higher"]
+    # 2: 61 - 59.5 = +1.5 against 1 + 1 (FF-2 has one seed: FF's std at the nearest size with several, 8): within
+    assert rows[2] == ["61.00 ± 1.00 (3)", "59.50", "+1.50", "2.00 (FF: std of size 8, borrowed)", "within noise"]
+    # 4: 66 - 68.5 = -2.5 against 2: lower
+    assert rows[4] == ["66.00 ± 1.00 (3)", "68.50", "-2.50", "2.00 (FF: std of size 8, borrowed)", "lower"]
+    assert "MRL >= FF (higher or within noise) at 2 of 3 sizes with a measured spread (higher at 1, within noise " \
+           "at 1, lower at 1); no spread measured at 0 of 3 sizes." in text
+    # MRL-E has one seed at every size: it is taken to be as noisy as MRL (std 1), so the spread is 1 + 1
+    rows = _section_rows(text, "MRL-E vs MRL, linear top-1")
+    assert rows[8] == ["75.00", "71.00 ± 1.00 (3)", "+4.00", "2.00 (MRL-E: one seed, MRL's std assumed)", "higher"]
+    assert rows[2] == ["50.00", "61.00 ± 1.00 (3)", "-11.00", "2.00 (MRL-E: one seed, MRL's std assumed)", "lower"]
+    assert "MRL-E >= MRL (higher or within noise) at 1 of 3 sizes with a measured spread (higher at 1, within " \
+           "noise at 0, lower at 2); no spread measured at 0 of 3 sizes." in text
+
+
+def test_a_borrowed_spread_comes_from_the_nearest_size_in_log2():
+    from mrl.study_report import Table, _spread_at
+
+    rows = [{"dim": 2, "FF": 1.0, "FF_std": 0.3, "FF_n": 2}, {"dim": 4, "FF": 1.0, "FF_std": None, "FF_n": 1},
+            {"dim": 8, "FF": 1.0, "FF_std": 0.9, "FF_n": 3}, {"dim": 64, "FF": 1.0, "FF_std": None, "FF_n": 1}]
+    table = Table("t", "t", ["dim", "FF"], rows, spread=["FF"])
+    assert _spread_at(table, "FF", 8) == (0.9, None)   # measured there
+    assert _spread_at(table, "FF", 1) == (0.3, 2)
+    assert _spread_at(table, "FF", 4) == (0.9, 8)      # 2 and 8 equally near: the larger std
+    assert _spread_at(table, "FF", 64) == (0.9, 8)
+    assert _spread_at(Table("t", "t", ["dim", "FF"], rows[1:2], spread=["FF"]), "FF", 4) == (None, None)
+
+
+def test_seed_of_a_replica_and_two_folders_of_one_seed(tmp_path):
+    root = tmp_path / "s"
+    _model(root, "mrl", "mrl", NESTING, False)
+    _model(root, "mrl", "mrl", NESTING, False, folder="mrl-seed43", seed=44)  # its config says 44
+    s = collect_study(root)
+    assert s.seeds()["MRL"] == [42, 44]
+    assert "mrl-seed43/: its config's seed is 44, not 43 as the folder name says; counted as seed 44" in s.notes
+    (root / "mrl-seed43" / ".hydra" / "config.yaml").unlink()  # no config: the folder's suffix
+    assert collect_study(root).seeds()["MRL"] == [42, 43]
+    run = collect(root / "mrl-seed43")  # a replica on its own: a single run
+    assert run.single_run and run.seeds() == {"MRL": [43]}
+
+    _model(root, "mrl", "mrl", NESTING, False, folder="mrl-seed45", seed=42)
+    with pytest.raises(ConfigError) as info:
+        collect_study(root)
+    assert str(info.value) == f"{root}: folders mrl/ and mrl-seed45/ are both MRL trained with seed 42 (the " \
+                              "config's seed, else the folder's -seed<s>, else 42); move one of them out of the " \
+                              "study folder"
+    out = tmp_path / "out"
+    proc = _report("--dir", str(root), "--out", str(out))
+    assert proc.returncode == 2 and len(proc.stderr.splitlines()) == 1 and "mrl-seed45/" in proc.stderr
+    assert not out.exists()
+
+
+METRICS_LOG = """epoch,lr-SGD,step,train/loss,val/loss,val/top1@2,val/top1@4,val/top1@8,val/top1_mean
+,0.1,0,,,,,,
+0,,5,2.1,,,,,
+0,,9,,1.9,{0}
+,0.1,10,,,,,,
+1,,15,1.8,,,,,
+1,,19,,1.7,{1}
+1,,19,,1.6,{2}
+,0.1,20,,,,,,
+2,,25,1.5,,,,,
+2,,29,,1.4,{3}
+"""
+
+
+def test_validation_curve(tmp_path):
+    from mrl.study_report import build_tables, findings_markdown
+
+    root = tmp_path / "s"
+    # val/top1@2, @4, @8 and the mean (ignored) per epoch; epoch 1 validated twice (a resumed run): the last counts
+    logs = {42: ["30,40,45,99", "50,55,58,99", "51,56,60,99", "55,61,66,99"],
+            43: ["32,41,47,99", "52,57,62,99", "52,57,62,99", "56,62,68,99"]}
+    for seed, vals in logs.items():
+        _model(root, "mrl", "mrl", NESTING, False, folder=_replica("mrl", seed), seed=seed)
+        (root / _replica("mrl", seed) / "csv" / "metrics.csv").write_text(METRICS_LOG.format(*vals))
+    _model(root, "ff8", "ff", [8], False)  # trained with data.validation=none: no val columns
+    (root / "ff8" / "csv" / "metrics.csv").write_text("epoch,step,train/loss\n0,5,2.0\n0,9,1.5\n")
+    _model(root, "ff2", "ff", [2], False)  # no csv/metrics.csv
+    (root / "ff2" / "csv" / "metrics.csv").unlink()
+    s = collect_study(root)
+    assert "ff2: csv/metrics.csv missing (no validation curve)" in s.missing
+    assert any(n.startswith("ff8: no validation curve (csv/metrics.csv has no val/top1@<d> values") for n in s.notes)
+
+    tables = build_tables(s)
+    curve = tables["validation_curve"]
+    assert curve.columns == ["epoch", "MRL", "MRL@2", "MRL@4", "MRL@8"]  # MRL's smallest, middle and largest size
+    expected = {0: {2: (30, 32), 4: (40, 41), 8: (45, 47)}, 1: {2: (51, 52), 4: (56, 57), 8: (60, 62)},
+                2: {2: (55, 56), 4: (61, 62), 8: (66, 68)}}
+    assert [r["epoch"] for r in curve.rows] == [0, 1, 2]
+    for r in curve.rows:
+        for d, xs in expected[r["epoch"]].items():
+            assert (r[f"MRL@{d}"], r[f"MRL@{d}_std"], r[f"MRL@{d}_n"]) == \
+                (pytest.approx(statistics.mean(xs)), pytest.approx(statistics.stdev(xs)), 2)
+        assert r["MRL"] == r["MRL@8"]  # the full width
+    assert "No validation curve: ff2 (no csv/metrics.csv), ff8 (no val/top1@<d> values)." in curve.notes
+    assert curve.markdown().splitlines()[6] == "| 2 | 67.00 ± 1.41 (2) | 55.50 ± 0.71 (2) | 61.50 ± 0.71 (2) | " \
+                                               "67.00 ± 1.41 (2) |"
+
+    text = findings_markdown(tables)
+    # the last epoch (2): 67 ± 1.41; over the last 2 epochs: 67 - 46 (epoch 0)
+    assert "| MRL | 2 | 67.00 ± 1.41 (2) | +21.00 (epoch 0: 46.00) |" in text
+    out = tmp_path / "out"
+    write_report(s, out, paper_dir=None)
+    assert read_csv(out / "validation_curve.csv")[1]["MRL"] == 61.0
+    assert (out / "validation_curve.png").stat().st_size > 0
+    assert "![Validation top-1 per epoch](validation_curve.png)" in (out / "summary.md").read_text()
 
 
 def test_digits_end_to_end_through_the_scripts(tmp_path):
