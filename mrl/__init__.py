@@ -8,6 +8,7 @@ Plain Python API (no Hydra needed)::
     loss = mrl.MatryoshkaLoss([1.0] * len(model.nesting_dims), label_smoothing=0.1)(logits, labels)
 """
 
+import mrl.resolvers  # noqa: F401  (the configs' ${mrl.*} resolvers)
 from mrl.backbones import Backbone, create_backbone
 from mrl.errors import ConfigError
 from mrl.heads import HEADS, FixedFeatureHead, MatryoshkaHead, TiedMatryoshkaHead, create_head

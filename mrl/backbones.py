@@ -50,10 +50,17 @@ def register_local(name: str):
 
 
 @register_local("mlp")
-def _mlp(in_chans: int, image_size: int, hidden_dim: int = 512, width: int = 256, **_) -> Backbone:
+def _mlp(in_chans: int, image_size: int, hidden_dim: int = 512, width: int = 256, norm: str = "batch",
+         **_) -> Backbone:
+    if norm not in ("batch", "none"):
+        raise ConfigError("model.backbone.norm", f"is {norm!r}", "choose batch (BatchNorm after each layer) or none")
+
+    def normalise(features: int) -> nn.Module:
+        return nn.BatchNorm1d(features) if norm == "batch" else nn.Identity()
+
     net = nn.Sequential(nn.Flatten(), nn.Linear(in_chans * image_size * image_size, hidden_dim),
-                        nn.BatchNorm1d(hidden_dim), nn.ReLU(inplace=True),
-                        nn.Linear(hidden_dim, width), nn.BatchNorm1d(width), nn.ReLU(inplace=True))
+                        normalise(hidden_dim), nn.ReLU(inplace=True),
+                        nn.Linear(hidden_dim, width), normalise(width), nn.ReLU(inplace=True))
     return Backbone(net, width, "mlp")
 
 

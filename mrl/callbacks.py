@@ -12,6 +12,21 @@ from lightning.pytorch.utilities import rank_zero_only
 from mrl.reporting import markdown_table, rows_by_dim, write_metrics_by_dim
 
 
+def log_size_table(run, prefix: str, rows: list[dict], x: str, columns: list[str]) -> None:
+    """Log ``rows`` (one per size) to the W&B ``run`` as the table ``<prefix>/metrics_by_dim``, one line plot per
+    metric column against ``x`` (``<prefix>/<column>_by_dim``), and each value as the summary field
+    ``<prefix>/<column>@<size>``."""
+    import wandb
+
+    table = wandb.Table(columns=[x, *columns], data=[[r[x], *(r.get(c) for c in columns)] for r in rows])
+    plots = {f"{prefix}/{c}_by_dim": wandb.plot.line(table, x, c, title=f"{prefix} {c} by size") for c in columns}
+    run.log({f"{prefix}/metrics_by_dim": table, **plots})
+    for r in rows:
+        for c in columns:
+            if r.get(c) is not None:
+                run.summary[f"{prefix}/{c}@{r[x]}"] = r[c]
+
+
 class MetricsByDimReport(L.Callback):
     """After ``test``: write the per-size table (CSV, JSON, Markdown, PNG) to ``output_dir``, print it,
     and log it to W&B as a table. ``protocol`` (which split validated, which checkpoint was tested)
@@ -37,7 +52,22 @@ class MetricsByDimReport(L.Callback):
         print("\n" + markdown_table(rows, f"{self.title} ({pl_module.head_type}, {metrics['num_samples']} samples)"))
         for logger in trainer.loggers:
             if isinstance(logger, WandbLogger):
-                logger.log_table("test/metrics_by_dim", columns=list(rows[0]), data=[list(r.values()) for r in rows])
+                log_size_table(logger.experiment, "test", rows, "dim", [c for c in rows[0] if c != "dim"])
+
+
+class WandbSizeSummaries(L.Callback):
+    """W&B runs that compare across sizes: the summary of every ``val/top{1,5}@{m}`` holds its best and its final
+    value (``{"max": .., "last": ..}``; ``val/loss``: min and last), so a W&B runs table of a group shows MRL,
+    MRL-E and FF-k side by side at each size (the test metrics, logged once, are their own summary)."""
+
+    @rank_zero_only
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        for logger in trainer.loggers:
+            if isinstance(logger, WandbLogger):
+                for m in pl_module.nesting_dims:
+                    for k in (1, 5):
+                        logger.experiment.define_metric(f"val/top{k}@{m}", summary="max,last")
+                logger.experiment.define_metric("val/loss", summary="min,last")
 
 
 class EpochSummary(L.Callback):
@@ -59,3 +89,29 @@ class EpochSummary(L.Callback):
                 parts.append(f"{key} {float(metrics[key]):.4g}")
         parts.append(f"{time.monotonic() - self._start:.1f} s")
         print("  ".join(parts), flush=True)
+
+
+class RunIdentity(L.Callback):
+    """What a resumed run shares with the run it continues, stored in every checkpoint (Lightning keeps a
+    callback's ``state_dict`` under ``checkpoint["callbacks"][state_key]``): the experiment's name, so a
+    checkpoint of another experiment is refused, and the W&B run id, so a requeued job continues its W&B run."""
+
+    STATE_KEY = "RunIdentity"
+
+    def __init__(self, experiment: str, wandb_run_id: str | None):
+        self.experiment, self.wandb_run_id = experiment, wandb_run_id
+
+    @property
+    def state_key(self) -> str:
+        return self.STATE_KEY
+
+    def state_dict(self) -> dict:
+        return {"experiment": self.experiment, "wandb_run_id": self.wandb_run_id}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        pass  # read before the run is built (stored_identity), when the loggers are created
+
+    @classmethod
+    def stored(cls, checkpoint: dict | None) -> dict:
+        """The identity a checkpoint was saved with (``{}`` for checkpoints older than this callback)."""
+        return dict(((checkpoint or {}).get("callbacks") or {}).get(cls.STATE_KEY) or {})

@@ -110,7 +110,8 @@ class RecoveryCheckpoint(L.Callback):
     def state_key(self) -> str:
         return f"RecoveryCheckpoint{{every_n_train_steps={self.every_n_train_steps}}}"
 
-    def _save_step_checkpoint(self, trainer: L.Trainer) -> Path:
+    def save_now(self, trainer: L.Trainer) -> Path:
+        """Save ``epoch{E}-step{S}.ckpt`` and publish it as ``last.ckpt`` (every rank calls this)."""
         path = self.dirpath / f"epoch{trainer.current_epoch:03d}-step{trainer.global_step:08d}.ckpt"
         trainer.save_checkpoint(path, weights_only=False)
         if trainer.is_global_zero:
@@ -132,7 +133,7 @@ class RecoveryCheckpoint(L.Callback):
             return
         if trainer.fit_loop.epoch_loop.batch_progress.is_last_batch:
             return  # the end-of-epoch save follows, after validation
-        self._save_step_checkpoint(trainer)
+        self.save_now(trainer)
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         trainer.save_checkpoint(self.last_path, weights_only=False)
@@ -140,7 +141,7 @@ class RecoveryCheckpoint(L.Callback):
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
         if isinstance(exception, SIGTERMException) and trainer.state.fn == "fit":
-            self.interrupted_path = self._save_step_checkpoint(trainer)
+            self.interrupted_path = self.save_now(trainer)
 
 
 def checkpoint_candidates(folder: Path) -> list[Path]:

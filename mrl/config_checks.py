@@ -28,8 +28,9 @@ from omegaconf.errors import OmegaConfBaseException
 
 from mrl.data.datamodules import VALIDATION_MODES
 from mrl.errors import ConfigError
+from mrl.slurm import REQUEUE_SIGNALS
 
-__all__ = ["ABSENT", "HydraOutputDirCheck", "Range", "check_accelerator_available", "check_choice", "check_devices",
+__all__ = ["ABSENT", "HydraLaunchCheck", "Range", "check_accelerator_available", "check_choice", "check_devices",
            "check_number", "check_train_config", "check_writable_dir", "lightning_accelerators", "lightning_precisions",
            "lightning_strategies", "lookup"]
 
@@ -218,14 +219,15 @@ def check_writable_dir(field: str, path: Any, fix: str = OUTPUT_DIR_FIX) -> None
         raise ConfigError(field, f"{target} is not writable (no write permission on {existing})", fix)
 
 
-class HydraOutputDirCheck(Callback):
-    """Hydra callback refusing an unusable ``hydra.run.dir`` (``hydra.sweep.dir`` for ``-m``) before Hydra
-    creates it, which happens before the app, and so before :func:`check_train_config`, runs. Prints the
-    one-line error and exits with status 2. Enable it in ``configs/hydra/default.yaml``::
+class HydraLaunchCheck(Callback):
+    """Hydra callback refusing, before Hydra creates any folder or submits any job (so before the app and
+    :func:`check_train_config` run), an unusable ``hydra.run.dir`` (``hydra.sweep.dir`` for ``-m``) and a SLURM
+    launcher without a partition. Prints the one-line error and exits with status 2. Enabled in
+    ``configs/hydra/default.yaml``::
 
         callbacks:
-          output_dir_check:
-            _target_: mrl.config_checks.HydraOutputDirCheck
+          launch_check:
+            _target_: mrl.config_checks.HydraLaunchCheck
     """
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
@@ -238,6 +240,11 @@ class HydraOutputDirCheck(Callback):
     def _check(config: DictConfig, key: str) -> None:
         try:
             check_writable_dir(key, lookup(config, key))
+            if str(lookup(config, "hydra.launcher._target_")).endswith("SlurmLauncher"):
+                partition = OmegaConf.select(config, "hydra.launcher.partition", throw_on_missing=False)
+                if partition in (None, "", "???") or OmegaConf.is_missing(config.hydra.launcher, "partition"):
+                    raise ConfigError("hydra.launcher.partition", "is not set, so SLURM cannot place the jobs",
+                                      "pass hydra.launcher.partition=<a GPU partition> (sinfo lists them)")
         except ConfigError as err:
             print(f"error: {err}", file=sys.stderr)
             sys.exit(2)
@@ -353,6 +360,9 @@ CHOICE_FIELDS: tuple[tuple[str, tuple, str | None], ...] = (
     ("callbacks.checkpoint.mode", ("max", "min"), "set callbacks.checkpoint.mode=max (accuracy) or min (loss)"),
     ("resume", (None, False, "auto", "never"),
      "use resume=auto (newest checkpoint of the run directory) or give ckpt_path=..."),
+    ("slurm.requeue", BOOLEANS, "set slurm.requeue=true (save and requeue on the signal) or false"),
+    ("slurm.requeue_signal", REQUEUE_SIGNALS,
+     "choose USR1 or USR2, the signal of sbatch's --signal=<name>@<seconds> (submitit: SUBMITIT_PREEMPT_SIGNAL)"),
 )
 
 LIMIT_BATCHES = ("trainer.limit_train_batches", "trainer.limit_val_batches", "trainer.limit_test_batches",

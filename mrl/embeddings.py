@@ -272,7 +272,9 @@ def embed_checkpoint(ckpt_path: str | Path, datamodule, root: str | Path, splits
     _check_dtype(dtype)
     path = Path(ckpt_path).expanduser()
     module = _module_from_checkpoint(path, datamodule)
-    kwargs = {key: value for key, value in dict(trainer or {}).items() if key in PREDICT_TRAINER_KEYS}
+    from mrl.slurm import apply_process_env
+
+    kwargs = {key: value for key, value in apply_process_env(trainer or {}).items() if key in PREDICT_TRAINER_KEYS}
     kwargs.setdefault("enable_progress_bar", sys.stderr.isatty())  # else EmbeddingWriter prints plain lines
     meta = {"checkpoint": str(path.resolve()), "backbone": module.hparams.backbone.get("name")}
     written = {}

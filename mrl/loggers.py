@@ -43,9 +43,19 @@ def resolve_wandb_mode(mode: str = "auto") -> str:
     return "online" if _has_wandb_credentials(host) and host_reachable(host) else "offline"
 
 
+def new_wandb_run_id() -> str:
+    """A fresh W&B run id (8 lowercase letters and digits, W&B's own format), made without importing wandb."""
+    import secrets
+    import string
+
+    return "".join(secrets.choice(string.ascii_lowercase + string.digits) for _ in range(8))
+
+
 def create_loggers(cfg: Mapping[str, Any] | None, output_dir: str | Path, run_name: str, group: str,
-                   tags: Sequence[str], config: Mapping[str, Any] | None = None) -> list[Logger]:
-    """``cfg = {"csv": {...} | None, "wandb": {"project", "entity", "mode"} | None}``."""
+                   tags: Sequence[str], config: Mapping[str, Any] | None = None,
+                   wandb_run_id: str | None = None) -> list[Logger]:
+    """``cfg = {"csv": {...} | None, "wandb": {"project", "entity", "mode"} | None}``. ``wandb_run_id``: the W&B
+    run to log to, created or continued (``resume="allow"``): a resumed run passes the id its checkpoint holds."""
     cfg = dict(cfg or {})
     loggers: list[Logger] = [CSVLogger(save_dir=str(output_dir), name="csv", version="")]
     wandb_cfg = cfg.get("wandb")
@@ -55,7 +65,8 @@ def create_loggers(cfg: Mapping[str, Any] | None, output_dir: str | Path, run_na
             os.environ.setdefault("WANDB_SILENT", "true")
             logger = WandbLogger(project=wandb_cfg.get("project", "mrl"), entity=wandb_cfg.get("entity"),
                                  name=run_name, group=group, tags=list(tags), save_dir=str(output_dir),
-                                 offline=mode == "offline", mode=mode, job_type=wandb_cfg.get("job_type", "train"))
+                                 offline=mode == "offline", mode=mode, job_type=wandb_cfg.get("job_type", "train"),
+                                 id=wandb_run_id, resume="allow" if wandb_run_id else None)
             # Lightning always passes W&B's deprecated `anonymous` setting, which then prints a notice.
             logger._wandb_init.pop("anonymous", None)
             if config is not None:

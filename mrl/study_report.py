@@ -34,6 +34,7 @@ import csv
 import io
 import json
 import math
+import os
 import re
 import shlex
 import shutil
@@ -492,6 +493,32 @@ def collect_run(run_dir: str | Path) -> Study:
     notes: list[str] = []
     _load_model(model, root, missing, notes)
     return _summarise(root, {model.name: model}, missing, notes, single_run=True)
+
+
+def collect_runs(run_dirs: Sequence[str | Path]) -> Study:
+    """Any run directories (the jobs of a multirun, named by their overrides; runs of several experiments) as one
+    study: each is identified by its records (head, FF size, seed), not by its folder name, and named like a study
+    folder's model (``mrl``, ``ff8``, ``mrl-seed43``). Two runs of one model and seed are a :class:`ConfigError`."""
+    if not run_dirs:
+        raise ConfigError("--runs", "names no run directory", "give the run directories to compare")
+    models: dict[str, Model] = {}
+    missing: list[str] = []
+    notes: list[str] = []
+    for run_dir in run_dirs:
+        root = Path(run_dir)
+        if not is_run_dir(root):
+            raise ConfigError(str(root), "is not a run directory (no .hydra/, metrics_by_dim.csv, checkpoints/, "
+                              "embeddings/ or eval/)", "give folders written by scripts/train.py")
+        kind, k = _run_identity(root)
+        model = Model(root.name, kind, k, root)
+        _load_model(model, root, missing, notes)
+        model.name = model.base if model.seed == DEFAULT_SEED else f"{model.base}-seed{model.seed}"
+        if model.name in models:
+            raise ConfigError(str(root), f"is {model.label} trained with seed {model.seed}, like "
+                              f"{models[model.name].path}", "compare one run per model and seed")
+        models[model.name] = model
+    common = Path(os.path.commonpath([str(Path(d).resolve()) for d in run_dirs]))
+    return _summarise(common, models, missing, notes, single_run=False)
 
 
 def collect(path: str | Path) -> Study:
@@ -1047,6 +1074,48 @@ def plot_by_size(table: Table, path: Path, ylabel: str, title: str,
     return _finish(fig, ax, path, title, "representation size (dims)", ylabel)
 
 
+def comparison_table(study: Study, k: int = 10) -> Table:
+    """One table of the runs compared: per size, every method's linear top-1 (``top-1 MRL``, ``top-1 FF``, ...)
+    and, where the runs were evaluated, its mAP@k (``mAP@k MRL``, ...), means over seeds with their spreads."""
+    parts = [("top-1", top1_table(study)), (f"mAP@{k}", map_table(study, k))]
+    rows: dict[int, dict[str, Any]] = {}
+    columns, spread, notes, sources = ["dim"], [], [], []
+    for prefix, table in parts:
+        methods = [c for c in table.columns if c != "dim" and any(r.get(c) is not None for r in table.rows)]
+        columns += [f"{prefix} {c}" for c in methods]
+        spread += [f"{prefix} {c}" for c in methods if c in table.spread]
+        for r in table.rows:
+            row = rows.setdefault(r["dim"], {"dim": r["dim"]})
+            row.update({f"{prefix} {key}": v for key, v in r.items() if key != "dim"})
+        notes += table.notes
+        sources += table.sources
+    return Table("comparison", f"Runs compared by size: linear top-1 and mAP@{k} (%)", columns,
+                 [rows[d] for d in sorted(rows)], notes, sources, spread=spread)
+
+
+def plot_comparison(table: Table, path: Path, title: str) -> Path | None:
+    """A panel per metric of :func:`comparison_table` (top-1, mAP@k), a line per method, error bars where
+    several seeds were run."""
+    metrics = list(dict.fromkeys(c.split(" ")[0] for c in table.columns if c != "dim"))
+    if not metrics:
+        return None
+    fig, axes = new_panels(1, len(metrics), (6.5 * len(metrics), 4.5))
+    dims = sorted(table.column("dim"))
+    for ax, metric in zip(axes, metrics):
+        for i, column in enumerate(c for c in table.columns if c.startswith(metric + " ")):
+            xs, ys, stds = _points(table, table.rows, "dim", column)
+            if xs:
+                _line(ax, xs, ys, stds, "o-", color=f"C{i}", markersize=4, label=column.split(" ", 1)[1])
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(dims, [str(d) for d in dims], fontsize=7)
+        ax.set_xlabel("representation size (dims)")
+        ax.set_ylabel(f"{metric} (%)")
+        ax.grid(True, alpha=0.3)
+        _legend(ax, fontsize=7)
+    fig.suptitle(title)
+    return save_figure(fig, path)
+
+
 def plot_adaptive_classification(table: Table, path: Path, title: str,
                                  paper: Mapping[str, Sequence[Mapping[str, Any]]] | None = None) -> Path | None:
     fig, ax = new_figure((7, 4.5))
@@ -1410,7 +1479,8 @@ def findings_markdown(tables: Mapping[str, Table], k: int = 10, tolerance: float
             "at least 2 seeds, marked \"borrowed\". The verdict is `higher` or `lower` only when |difference| "
             "exceeds the spread, `within noise` otherwise. A method trained with a single seed at every size (MRL-E "
             "here) is assumed as noisy as the method it is compared with, marked \"assumed\"; when neither side has "
-            "a spread, the verdict is `no spread measured` (never called a difference). In the adaptive sections, \"equal\" means within "
+            "a spread, the verdict is `no spread measured` (never called a difference). In the adaptive sections, "
+            "\"equal\" means within "
             f"{tolerance} points."), ""]
     if seeds is not None:
         out += ["## Seeds per model", ""] + [f"* {label}: {', '.join(map(str, s))}" for label, s in seeds.items()]

@@ -2,26 +2,26 @@
 
 Everything that can be wrong with the config or the data is checked before the first step:
 data roots are scanned, the model is built, a resume checkpoint is compared with the config.
-A run ends in one of three ways: results written (success), :class:`TrainingInterrupted` (SIGTERM:
-a checkpoint was saved, nothing was tested), or an error (non-finite loss, bad input): no table is
-written as if it had succeeded.
+A run ends in one of four ways: results written (success), :class:`TrainingInterrupted` (SIGTERM:
+a checkpoint was saved, nothing was tested), :class:`~mrl.slurm.JobRequeued` (the SLURM pre-emption
+signal: a checkpoint was saved and the job requeued), or an error (non-finite loss, bad input): no table
+is written as if it had succeeded.
 """
 
 from __future__ import annotations
 
-import os
-import re
 import sys
 from pathlib import Path
 from typing import Any
 
 import lightning as L
+import torch
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, RichProgressBar, TQDMProgressBar
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
-from mrl.callbacks import EpochSummary, MetricsByDimReport
+from mrl.callbacks import EpochSummary, MetricsByDimReport, RunIdentity, WandbSizeSummaries
 from mrl.checkpointing import AtomicCheckpointIO, RecoveryCheckpoint, resolve_resume
 from mrl.config_checks import PROGRESS_BARS, check_train_config
 from mrl.console import quiet_known_warnings, tee_console
@@ -29,7 +29,10 @@ from mrl.data import create_datamodule
 from mrl.data.datamodules import VALIDATE_ON_TEST_WARNING
 from mrl.errors import ConfigError
 from mrl.lightning import MatryoshkaModule, check_resume_compatible
-from mrl.loggers import create_loggers
+from mrl.sync_batchnorm import CPUSyncBatchNorm
+from mrl.loggers import create_loggers, new_wandb_run_id
+from mrl.slurm import (JobRequeued, RequeueOnSignal, apply_process_env, check_allocation, cluster_environment,
+                       requeue_signal, restart_count, slurm_job_id)
 
 
 class TrainingInterrupted(RuntimeError):
@@ -39,20 +42,6 @@ class TrainingInterrupted(RuntimeError):
         self.checkpoint = checkpoint
         saved = f"checkpoint saved to {checkpoint}" if checkpoint else "no checkpoint saved"
         super().__init__(f"interrupted by SIGTERM: {saved}")
-
-
-def job_dirname(override_dirname: str, max_len: int = 120) -> str:
-    """A folder name for a multirun job from its overrides (``model.ff_dim=8,seed=1``): path separators
-    and shell-hostile characters replaced, long names shortened with a hash so they stay unique."""
-    import hashlib
-
-    name = re.sub(r"[^A-Za-z0-9._=,+@-]+", "_", override_dirname).strip("_") or "default"
-    if len(name) > max_len:
-        name = name[: max_len - 9] + "-" + hashlib.sha1(name.encode()).hexdigest()[:8]
-    return name
-
-
-OmegaConf.register_new_resolver("mrl.job_dirname", job_dirname, replace=True)
 
 
 def _plain(node: Any) -> Any:
@@ -159,23 +148,24 @@ def run_name(cfg: DictConfig, module: MatryoshkaModule) -> str:
 
 
 def _trainer_kwargs(cfg: DictConfig, validates: bool, bar: str, checkpoints: bool) -> dict[str, Any]:
-    kwargs = _plain(cfg.trainer)
+    kwargs = apply_process_env(_plain(cfg.trainer))
     for key in ("limit_train_batches", "limit_val_batches", "limit_test_batches"):
         if kwargs.get(key) == 1.0:  # the default: passing it only makes Lightning print a note
             kwargs.pop(key)
     if not validates:
         kwargs.update(limit_val_batches=0, num_sanity_val_steps=0)
-    if kwargs.get("strategy") in ("ddp", "ddp_spawn") and kwargs.get("accelerator") == "cpu":
-        os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
     kwargs.update(enable_progress_bar=bar != "none", enable_checkpointing=checkpoints and validates)
     return kwargs
 
 
 def finish_loggers(loggers: list, status: str) -> None:
-    """Close every logger; a W&B run is finished, so the next job of a multirun starts its own."""
+    """Close every logger; a W&B run is finished, so the next job of a multirun starts its own. A requeued
+    run (``status="preempted"``) is marked as pre-empted: W&B shows it so until the restarted job continues it."""
     for logger in loggers:
         logger.finalize(status)
         if isinstance(logger, WandbLogger) and logger._experiment is not None:
+            if status == "preempted":
+                logger.experiment.mark_preempting()
             logger.experiment.finish(exit_code=0 if status == "success" else 1)
 
 
@@ -187,6 +177,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     diverges, :class:`TrainingInterrupted` on SIGTERM (after saving a checkpoint).
     """
     check_train_config(cfg)
+    check_allocation(cfg.trainer.get("devices"), cfg.trainer.get("num_nodes", 1))
     quiet_known_warnings()
     test_checkpoint = cfg.get("test_checkpoint", "best")
     validation = cfg.data.get("validation", "holdout")
@@ -210,35 +201,80 @@ def _train(cfg: DictConfig, output_dir: Path, test_checkpoint: str, validation: 
     do_train = cfg.get("train", True)
     ckpt_path = checkpoint = cfg.get("ckpt_path")
     if do_train:
-        ckpt_path, checkpoint = resolve_resume(ckpt_path, cfg.get("resume"), output_dir / "checkpoints") or (None, None)
+        resume = _default_resume(cfg.get("resume"), output_dir)
+        ckpt_path, checkpoint = resolve_resume(ckpt_path, resume, output_dir / "checkpoints") or (None, None)
     if ckpt_path:
         check_resume_compatible(checkpoint, module)
+    identity = _run_identity(cfg, checkpoint if do_train else None)
     if validation == "test":
         print(f"warning: {VALIDATE_ON_TEST_WARNING}")
 
     dims = module.nesting_dims
-    tags = [f"head={module.head_type}", f"dims={dims[0]}-{dims[-1]}x{len(dims)}", *cfg.get("tags", [])]
+    # the tags a W&B runs table filters a study by: head, encoder, data, sizes
+    tags = [f"head={module.head_type}", f"backbone={module.hparams.backbone.get('name')}", f"data={cfg.data.name}",
+            f"dims={dims[0]}-{dims[-1]}x{len(dims)}", *cfg.get("tags", [])]
+    config = _plain(cfg)
+    config["model"]["nesting_dims"] = list(dims)  # resolved ("auto" -> the sizes), so W&B can group runs by them
     loggers = create_loggers(_plain(cfg.get("logger")), output_dir, run_name(cfg, module), cfg.experiment_name, tags,
-                             config=_plain(cfg))
+                             config=config, wandb_run_id=identity.wandb_run_id)
     callbacks, recovery = build_callbacks(_plain(cfg.get("callbacks")) or {}, module, output_dir, validates,
                                           bool(loggers), bar)
+    callbacks += [identity, WandbSizeSummaries()]
+    slurm = _plain(cfg.get("slurm")) or {}
+    if slurm_job_id() and slurm.get("requeue", True) and recovery is not None and do_train:
+        callbacks.append(RequeueOnSignal(requeue_signal(slurm.get("requeue_signal", "USR2")), recovery.save_now,
+                                         slurm_job_id(), slurm.get("scontrol", "scontrol")))
     protocol = {"validation": validation, "test_checkpoint": test_checkpoint if do_train else "given",
                 "selected_on_test": validation == "test" and test_checkpoint == "best" and do_train}
     report = MetricsByDimReport(output_dir, protocol=protocol)
     callbacks.append(report)
-    trainer = L.Trainer(**_trainer_kwargs(cfg, validates, bar, recovery is not None), logger=loggers,
-                        callbacks=callbacks, plugins=[AtomicCheckpointIO()], default_root_dir=str(output_dir))
+    kwargs = _trainer_kwargs(cfg, validates, bar, recovery is not None)
+    on_cpu = kwargs.get("accelerator") == "cpu" or (kwargs.get("accelerator") in (None, "auto")
+                                                      and not torch.cuda.is_available())
+    plugins = [AtomicCheckpointIO(), *([environment] if (environment := cluster_environment(slurm)) else []),
+               *([CPUSyncBatchNorm()] if kwargs.get("sync_batchnorm") and on_cpu else [])]  # torch's: CUDA only
+    trainer = L.Trainer(**kwargs, logger=loggers, callbacks=callbacks, plugins=plugins,
+                        default_root_dir=str(output_dir))
     try:
         results = _fit_and_test(cfg, trainer, module, datamodule, ckpt_path, test_checkpoint, recovery, report)
     except SIGTERMException:
         finish_loggers(loggers, "interrupted")
         raise TrainingInterrupted(recovery.interrupted_path if recovery else None) from None
+    except JobRequeued:
+        finish_loggers(loggers, "preempted")
+        raise
     except BaseException:
         finish_loggers(loggers, "failed")
         raise
     finish_loggers(loggers, "success")
     _print_outputs(results, report)
     return results
+
+
+def _default_resume(resume: Any, output_dir: Path) -> Any:
+    """``resume`` as given; unset inside a SLURM job: ``auto``, so a requeued job (same job id, so the same run
+    directory) continues from its checkpoint without a new argument (``resume=never`` starts afresh)."""
+    job = slurm_job_id()
+    if resume is not None or not job:
+        return resume
+    restarts = restart_count()
+    if restarts and not any((output_dir / "checkpoints").glob("*.ckpt")):
+        print(f"warning: restart {restarts} of SLURM job {job} finds no checkpoint in {output_dir / 'checkpoints'} "
+              "(the run directory was deleted or moved, or the job stopped before its first save): training "
+              "starts from scratch")
+    return "auto"
+
+
+def _run_identity(cfg: DictConfig, checkpoint: dict[str, Any] | None) -> RunIdentity:
+    """The run's identity: continued from the resumed checkpoint (same experiment required, same W&B run),
+    else new."""
+    stored = RunIdentity.stored(checkpoint)
+    experiment = str(cfg.experiment_name)
+    if stored.get("experiment") not in (None, experiment):
+        raise ConfigError("ckpt_path", f"checkpoint belongs to experiment {stored['experiment']!r}, this run is "
+                          f"{experiment!r}", f"resume it with +experiment={stored['experiment']} (or "
+                          "experiment_name=...), or start this experiment without ckpt_path/resume")
+    return RunIdentity(experiment, stored.get("wandb_run_id") or new_wandb_run_id())
 
 
 def _fit_and_test(cfg, trainer, module, datamodule, ckpt_path, test_checkpoint, recovery, report) -> dict[str, Any]:

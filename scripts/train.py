@@ -1,7 +1,8 @@
 """Train and test an MRL / MRL-E / FF model: ``python scripts/train.py +experiment=cifar10_resnet18``.
 
 Exit status: 0 done; 1 the run failed (e.g. a non-finite loss); 2 bad input (one line, before training);
-143 stopped by SIGTERM after saving a checkpoint (rerun with the printed ``ckpt_path=`` or ``resume=auto``).
+143 stopped by SIGTERM, or by SLURM's requeue signal, after saving a checkpoint (rerun with the printed
+``ckpt_path=`` or ``resume=auto``; a requeued SLURM job resumes by itself).
 """
 
 import sys
@@ -14,6 +15,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 from mrl.errors import ConfigError  # noqa: E402
 from mrl.lightning import NonFiniteLossError  # noqa: E402
+from mrl.slurm import JobRequeued  # noqa: E402
 from mrl.training import TrainingInterrupted, train  # noqa: E402
 
 SIGTERM_EXIT = 128 + 15  # what a shell reports for a process ended by SIGTERM
@@ -33,6 +35,9 @@ def main(cfg: DictConfig) -> None:
     except TrainingInterrupted as err:
         resume = f"; resume with the same command and ckpt_path={err.checkpoint}" if err.checkpoint else ""
         print(f"{err}{resume}", file=sys.stderr)
+        sys.exit(SIGTERM_EXIT)
+    except JobRequeued as err:
+        print(str(err), file=sys.stderr)
         sys.exit(SIGTERM_EXIT)
 
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import time
 from pathlib import Path
 
 import numpy as np
@@ -66,3 +68,12 @@ def write_image_folder(root: Path, classes=("cat", "dog", "emu"), per_class: int
 @pytest.fixture
 def image_folder(tmp_path) -> Path:
     return write_image_folder(tmp_path / "imgs")
+
+
+def wait_for(predicate, proc: subprocess.Popen, timeout: float = 300.0) -> None:
+    """Poll ``predicate`` until it holds, while ``proc`` (a run a test will interrupt) is still running."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert proc.poll() is None, "the run ended before the fault could be injected"
+        assert time.monotonic() < deadline, "timed out waiting for the run"
+        time.sleep(0.02)

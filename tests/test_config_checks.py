@@ -13,7 +13,7 @@ from omegaconf import OmegaConf
 
 import mrl.config_checks as config_checks
 from conftest import EXPERIMENTS, PROJECT_ROOT, compose
-from mrl.config_checks import OUTPUT_DIR_FIX, HydraOutputDirCheck, check_train_config, lightning_precisions
+from mrl.config_checks import OUTPUT_DIR_FIX, HydraLaunchCheck, check_train_config, lightning_precisions
 from mrl.errors import ConfigError
 from mrl.training import train
 
@@ -307,7 +307,7 @@ def test_script_prints_one_line_and_exits_2(tmp_path):
     assert not list(tmp_path.rglob("checkpoints"))
 
 
-CALLBACK = "++hydra.callbacks.output_dir_check._target_=mrl.config_checks.HydraOutputDirCheck"
+CALLBACK = "++hydra.callbacks.launch_check._target_=mrl.config_checks.HydraLaunchCheck"
 
 
 def test_hydra_run_dir_under_a_file_is_refused_before_hydra_creates_it(tmp_path):
@@ -325,8 +325,8 @@ def test_hydra_sweep_dir_check(tmp_path, capsys):
     blocker = tmp_path / "taken"
     blocker.write_text("a file")
     with pytest.raises(SystemExit) as info:
-        HydraOutputDirCheck().on_multirun_start(OmegaConf.create({"hydra": {"sweep": {"dir": str(blocker)}}}))
+        HydraLaunchCheck().on_multirun_start(OmegaConf.create({"hydra": {"sweep": {"dir": str(blocker)}}}))
     assert info.value.code == 2
     assert capsys.readouterr().err == (f"error: hydra.sweep.dir: {blocker} exists and is not a directory; "
                                        f"{OUTPUT_DIR_FIX}\n")
-    HydraOutputDirCheck().on_run_start(OmegaConf.create({"hydra": {"run": {"dir": str(tmp_path / "new")}}}))
+    HydraLaunchCheck().on_run_start(OmegaConf.create({"hydra": {"run": {"dir": str(tmp_path / "new")}}}))

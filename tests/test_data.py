@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import CIFAR10_TAR, write_image_folder
+from conftest import CIFAR10_TAR, PROJECT_ROOT, write_image_folder
 from mrl.data import create_datamodule, extract_archive, scan_image_folder
 from mrl.errors import ConfigError
 
@@ -87,10 +87,27 @@ def test_archive_is_extracted_once_atomically(tmp_path):
     marker = first / "mydata" / "train" / "cat" / "0.png"
     mtime = marker.stat().st_mtime_ns
     assert extract_archive(archive, cache) == first and marker.stat().st_mtime_ns == mtime
-    assert [p.name for p in cache.iterdir()] == [first.name]  # no temporary folder left behind
+    # no temporary folder left behind (the lock file stays: removing it could let two processes hold a lock)
+    assert [p.name for p in cache.iterdir() if not p.name.endswith(".lock")] == [first.name]
     dm = create_datamodule("image_folder", root=str(archive), cache_dir=str(cache), image_size=32, validation="none")
     dm.setup("fit")
     assert dm.class_names == ["cat", "dog", "emu"] and len(dm.train_set) == 12
+
+
+def test_ranks_sharing_a_cache_extract_an_archive_once(tmp_path):
+    """The DDP ranks of a node start together: one extracts, the others wait for it and reuse its folder."""
+    import subprocess
+    import sys
+
+    archive = _tar_folder(write_image_folder(tmp_path / "src", per_class=40), tmp_path / "mydata.tar.gz")
+    code = ("import sys; sys.path.insert(0, sys.argv[3]); from mrl.data import extract_archive; "
+            "print('->', extract_archive(sys.argv[1], sys.argv[2]))")
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(archive), str(tmp_path / "cache"), str(PROJECT_ROOT)],
+                              stdout=subprocess.PIPE, text=True) for _ in range(4)]
+    outputs = [p.communicate(timeout=120)[0] for p in procs]
+    assert all(p.returncode == 0 for p in procs)
+    assert sum(line.startswith("extracting ") for out in outputs for line in out.splitlines()) == 1
+    assert len({out.split("-> ")[1].strip() for out in outputs}) == 1
 
 
 def test_corrupt_archive_leaves_nothing(tmp_path):
@@ -98,7 +115,7 @@ def test_corrupt_archive_leaves_nothing(tmp_path):
     archive.write_bytes(b"\x1f\x8b not really gzip")
     with pytest.raises(ConfigError, match="data.root: cannot extract"):
         extract_archive(archive, tmp_path / "cache")
-    assert not any((tmp_path / "cache").iterdir())
+    assert not [p for p in (tmp_path / "cache").iterdir() if not p.name.endswith(".lock")]
 
 
 def test_cifar10_from_shared_tar(tmp_path):

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import PROJECT_ROOT, write_image_folder
+from conftest import PROJECT_ROOT, wait_for, write_image_folder
 from mrl.data import create_datamodule
 from mrl.errors import ConfigError
 from mrl.training import train
@@ -35,14 +35,6 @@ def train_script(*args: str, timeout: int = 600, **popen) -> subprocess.Complete
 def start_train(*args: str, log: Path) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "scripts/train.py", *args], cwd=PROJECT_ROOT, env=ENV,
                             stdout=open(log, "w"), stderr=subprocess.STDOUT)
-
-
-def wait_for(predicate, proc: subprocess.Popen, timeout: float = 300.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert proc.poll() is None, "the run ended before the fault could be injected"
-        assert time.monotonic() < deadline, "timed out waiting for the run"
-        time.sleep(0.02)
 
 
 def metrics_rows(run_dir: Path) -> list[dict]:

@@ -29,8 +29,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 from torchvision import transforms as T
 
-from mrl.data.image_folder import (ImageFolderDataset, check_same_classes, extract_archive, find_split_root,
-                                   scan_image_folder)
+from mrl.data.image_folder import (ImageFolderDataset, check_same_classes, exclusive, extract_archive,
+                                   find_split_root, scan_image_folder)
 from mrl.data.sampling import (EpochSampler, ResumableDataLoader, SeededAugmentation, ShardSampler,
                                distributed_rank_and_size)
 from mrl.errors import ConfigError
@@ -451,9 +451,11 @@ class CIFARDataModule(FolderDataModule):
                               "download it", "give the path of a local copy (torchvision folder, ImageFolder root or "
                               ".tar.gz), or run where the network is reachable")
         created = not root.exists()
-        print(f"downloading {self.torchvision_name} from {host} into {root}")
         try:
-            return cls(str(root), train=True, download=True, transform=self.train_transform())
+            with exclusive(root.parent / f".{root.name}.download.lock", f"downloading into {root}"):
+                print(f"downloading {self.torchvision_name} from {host} into {root} (torchvision skips what is "
+                      "there)", flush=True)
+                return cls(str(root), train=True, download=True, transform=self.train_transform())
         except Exception as err:
             if created:
                 shutil.rmtree(root, ignore_errors=True)

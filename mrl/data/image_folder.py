@@ -14,8 +14,9 @@ import shutil
 import tarfile
 import warnings
 import zipfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 
 from PIL import Image
@@ -140,6 +141,25 @@ def _archive_stem(path: Path) -> str:
     return path.stem
 
 
+@contextmanager
+def exclusive(lock_path: Path, what: str) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on ``lock_path`` (created if absent) for the block: the processes of a job
+    that share the folder (the DDP ranks of a node) do ``what`` once, the others wait and then reuse it."""
+    import fcntl
+
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_path, "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print(f"waiting for another process {what}", flush=True)
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def extract_archive(archive: str | Path, cache_dir: str | Path, field: str = "data.root") -> Path:
     """Extract a ``.tar.gz``/``.tgz``/``.tar``/``.zip`` once into ``cache_dir`` and return the folder.
 
@@ -154,7 +174,13 @@ def extract_archive(archive: str | Path, cache_dir: str | Path, field: str = "da
     target = Path(cache_dir).expanduser() / f"{_archive_stem(archive)}-{stat.st_size}-{int(stat.st_mtime)}"
     if target.is_dir():
         return target
-    target.parent.mkdir(parents=True, exist_ok=True)
+    with exclusive(target.parent / f".{target.name}.lock", f"extracting {archive}"):
+        if not target.is_dir():  # not done by the process that held the lock before
+            _extract(archive, target, field)
+    return target
+
+
+def _extract(archive: Path, target: Path, field: str) -> None:
     tmp = target.parent / f".{target.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     print(f"extracting {archive} into {target} (once: later runs reuse it)", flush=True)
@@ -171,11 +197,10 @@ def extract_archive(archive: str | Path, cache_dir: str | Path, field: str = "da
                           "check the file is a complete .tar.gz/.zip") from None
     try:
         os.replace(tmp, target)
-    except OSError:  # another process (a DDP rank) finished first
+    except OSError:  # a process of another machine sharing the cache folder (no common lock) finished first
         shutil.rmtree(tmp, ignore_errors=True)
         if not target.is_dir():
             raise
-    return target
 
 
 def find_split_root(root: Path, splits: Sequence[str], field: str = "data.root") -> Path:

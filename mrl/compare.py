@@ -1,0 +1,109 @@
+"""Compare runs across sizes: MRL vs MRL-E vs FF-k, from local run folders or from a W&B group: the library behind
+``scripts/compare.py``.
+
+* :func:`collect_wandb`: the runs of a W&B group (online) as a :class:`~mrl.study_report.Study`: each run's head,
+  sizes and seed from its config, its test top-1 per size from its summary (``test/top1@<m>``, written by
+  training), its mAP@k where it has ``eval/map@<k>@<m>`` fields.
+* Local run folders are read by :func:`mrl.study_report.collect_runs`.
+* :func:`write_comparison`: ``comparison.{csv,md,json,png}`` (:func:`~mrl.study_report.comparison_table`: one
+  table, and one plot with a panel per metric).
+* :func:`push_comparison`: the table and a line plot per metric logged to a run of the group (``job_type=compare``),
+  so the comparison sits in the group's W&B workspace as a panel.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from mrl.embeddings import HEAD_TYPES
+from mrl.errors import ConfigError
+from mrl.study_report import (DEFAULT_SEED, Model, Study, Table, _int_list, _summarise, comparison_table,
+                              plot_comparison, write_report_table)
+
+
+def _nested(config: Mapping[str, Any], dotted: str) -> Any:
+    node: Any = config
+    for part in dotted.split("."):
+        if not isinstance(node, Mapping) or part not in node:
+            return config.get(dotted) if isinstance(config, Mapping) else None  # a flat "model.head" key
+        node = node[part]
+    return node
+
+
+def collect_wandb(group: str, project: str, entity: str | None = None, k: int = 10, api=None) -> Study:
+    """The runs of W&B group ``group`` in ``entity/project`` as a study (``api``: a ``wandb.Api``; made here by
+    default). Runs without a head and sizes in their config (e.g. an earlier comparison) are listed in the notes."""
+    if api is None:
+        import wandb
+
+        api = wandb.Api()
+    path = f"{entity}/{project}" if entity else project
+    models: dict[str, Model] = {}
+    notes: list[str] = []
+    for run in api.runs(path, filters={"group": group}):
+        config, summary = dict(run.config), dict(run.summary)
+        head, dims = _nested(config, "model.head"), _int_list(_nested(config, "model.nesting_dims"))
+        if dims is None:  # "auto" in a config logged before its sizes were resolved: the sizes it was tested at
+            dims = sorted(int(key.split("@")[1]) for key in summary
+                          if key.startswith("test/top1@") and key.split("@")[1].isdigit()) or None
+        seed = _nested(config, "seed")
+        if head not in HEAD_TYPES or not dims:
+            notes.append(f"W&B run {run.name} ({run.id}): no model.head / model.nesting_dims in its config, skipped")
+            continue
+        model = Model(run.name, head, dims[0] if head == "ff" else None, Path(group) / run.id,
+                      seed if isinstance(seed, int) else DEFAULT_SEED, config=config)
+        model.metrics = [{"dim": m, "top1": summary[f"test/top1@{m}"], "top5": summary.get(f"test/top5@{m}")}
+                         for m in dims if isinstance(summary.get(f"test/top1@{m}"), (int, float))] or None
+        retrieval = [{"dim": m, f"map@{k}": summary[f"eval/map@{k}@{m}"]} for m in dims
+                     if isinstance(summary.get(f"eval/map@{k}@{m}"), (int, float))]
+        if retrieval:
+            model.eval["retrieval"] = retrieval
+        name = model.base if model.seed == DEFAULT_SEED else f"{model.base}-seed{model.seed}"
+        if name in models:
+            raise ConfigError("--wandb-group", f"runs {models[name].name} and {run.name} are both {model.label} with "
+                              f"seed {model.seed}", "compare one run per model and seed (delete or move the other)")
+        models[name] = model
+    if not models:
+        raise ConfigError("--wandb-group", f"{group!r} has no training runs in {path}",
+                          "check the group (the experiment name), --project and --entity")
+    study = _summarise(Path(group), models, [], notes, single_run=False)
+    study.missing = [m for m in study.missing if "eval/" not in m and ".hydra" not in m]  # files a W&B run lacks
+    return study
+
+
+def write_comparison(study: Study, out_dir: str | Path, title: str, k: int = 10) -> tuple[Table, list[Path]]:
+    """``comparison.{csv,md,json}`` and ``comparison.png`` in ``out_dir``; returns the table and the files."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    table = comparison_table(study, k)
+    if not table.rows:
+        raise ConfigError("--runs", "none of the runs has test results (metrics_by_dim.csv or test/top1@<m>)",
+                          "compare finished runs")
+    files = list(write_report_table(table, out).values())
+    plot = plot_comparison(table, out / "comparison.png", title)
+    return table, files + ([plot] if plot else [])
+
+
+def push_comparison(table: Table, project: str, group: str, entity: str | None = None,
+                    mode: str | None = None) -> str:
+    """Log ``table`` and a line plot per metric (every method against size) to a new run of ``group``
+    (``job_type="compare"``); returns the run's URL (its folder when offline)."""
+    import wandb
+
+    run = wandb.init(project=project, entity=entity, group=group, job_type="compare", name=f"{group}:compare",
+                     mode=mode, config={"compared_runs": table.sources})
+    columns = table.file_columns
+    logged: dict[str, Any] = {"comparison/table": wandb.Table(columns=columns,
+                                                              data=[[r.get(c) for c in columns] for r in table.rows])}
+    for metric in dict.fromkeys(c.split(" ")[0] for c in table.columns if c != "dim"):
+        methods = [c for c in table.columns if c.startswith(metric + " ")]
+        points = [[(r["dim"], r[c]) for r in table.rows if r.get(c) is not None] for c in methods]
+        logged[f"comparison/{metric}"] = wandb.plot.line_series(
+            xs=[[x for x, _ in p] for p in points], ys=[[y for _, y in p] for p in points],
+            keys=[c.split(" ", 1)[1] for c in methods], title=f"{group}: {metric} by size", xname="dims")
+    run.log(logged)
+    url = run.url or run.dir
+    run.finish()
+    return url
