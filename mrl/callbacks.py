@@ -94,19 +94,23 @@ class EpochSummary(L.Callback):
 class RunIdentity(L.Callback):
     """What a resumed run shares with the run it continues, stored in every checkpoint (Lightning keeps a
     callback's ``state_dict`` under ``checkpoint["callbacks"][state_key]``): the experiment's name, so a
-    checkpoint of another experiment is refused, and the W&B run id, so a requeued job continues its W&B run."""
+    checkpoint of another experiment is refused, and the W&B run (id, project, entity), so a requeued job
+    continues its W&B run and ``scripts/eval.py`` adds its tables to it."""
 
     STATE_KEY = "RunIdentity"
 
-    def __init__(self, experiment: str, wandb_run_id: str | None):
+    def __init__(self, experiment: str, wandb_run_id: str | None, wandb_project: str | None = None,
+                 wandb_entity: str | None = None):
         self.experiment, self.wandb_run_id = experiment, wandb_run_id
+        self.wandb_project, self.wandb_entity = wandb_project, wandb_entity
 
     @property
     def state_key(self) -> str:
         return self.STATE_KEY
 
     def state_dict(self) -> dict:
-        return {"experiment": self.experiment, "wandb_run_id": self.wandb_run_id}
+        return {"experiment": self.experiment, "wandb_run_id": self.wandb_run_id,
+                "wandb_project": self.wandb_project, "wandb_entity": self.wandb_entity}
 
     def load_state_dict(self, state_dict: dict) -> None:
         pass  # read before the run is built (stored_identity), when the loggers are created

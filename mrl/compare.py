@@ -3,7 +3,7 @@
 
 * :func:`collect_wandb`: the runs of a W&B group (online) as a :class:`~mrl.study_report.Study`: each run's head,
   sizes and seed from its config, its test top-1 per size from its summary (``test/top1@<m>``, written by
-  training), its mAP@k where it has ``eval/map@<k>@<m>`` fields.
+  training), its mAP@k where it has ``eval/retrieval/map@<k>@<m>`` fields (added by ``scripts/eval.py``).
 * Local run folders are read by :func:`mrl.study_report.collect_runs`.
 * :func:`write_comparison`: ``comparison.{csv,md,json,png}`` (:func:`~mrl.study_report.comparison_table`: one
   table, and one plot with a panel per metric).
@@ -56,8 +56,9 @@ def collect_wandb(group: str, project: str, entity: str | None = None, k: int = 
                       seed if isinstance(seed, int) else DEFAULT_SEED, config=config)
         model.metrics = [{"dim": m, "top1": summary[f"test/top1@{m}"], "top5": summary.get(f"test/top5@{m}")}
                          for m in dims if isinstance(summary.get(f"test/top1@{m}"), (int, float))] or None
-        retrieval = [{"dim": m, f"map@{k}": summary[f"eval/map@{k}@{m}"]} for m in dims
-                     if isinstance(summary.get(f"eval/map@{k}@{m}"), (int, float))]
+        key = f"eval/retrieval/map@{k}@{{}}"  # written by scripts/eval.py into the training run
+        retrieval = [{"dim": m, f"map@{k}": summary[key.format(m)]} for m in dims
+                     if isinstance(summary.get(key.format(m)), (int, float))]
         if retrieval:
             model.eval["retrieval"] = retrieval
         name = model.base if model.seed == DEFAULT_SEED else f"{model.base}-seed{model.seed}"

@@ -274,7 +274,10 @@ def _run_identity(cfg: DictConfig, checkpoint: dict[str, Any] | None) -> RunIden
         raise ConfigError("ckpt_path", f"checkpoint belongs to experiment {stored['experiment']!r}, this run is "
                           f"{experiment!r}", f"resume it with +experiment={stored['experiment']} (or "
                           "experiment_name=...), or start this experiment without ckpt_path/resume")
-    return RunIdentity(experiment, stored.get("wandb_run_id") or new_wandb_run_id())
+    wandb = (cfg.get("logger") or {}).get("wandb") or {}
+    logs_to_wandb = bool(wandb) and wandb.get("mode", "auto") != "disabled"
+    run_id = stored.get("wandb_run_id") or (new_wandb_run_id() if logs_to_wandb else None)
+    return RunIdentity(experiment, run_id, wandb.get("project", "mrl"), wandb.get("entity"))
 
 
 def _fit_and_test(cfg, trainer, module, datamodule, ckpt_path, test_checkpoint, recovery, report) -> dict[str, Any]:

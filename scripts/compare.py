@@ -7,8 +7,8 @@ runs were evaluated.
 
 ``--runs``: local run folders (offline runs, or copies of cluster runs); each is identified by its records (head,
 size, seed), and seed replicas are averaged with their spread. ``--wandb-group``: the runs of a W&B group (online;
-``test/top1@<m>`` and ``eval/map@<k>@<m>`` from their summaries). ``--push`` logs the table and plots to a run of
-the group (``job_type=compare``), where they show as panels beside the runs. Writes
+``test/top1@<m>`` and ``eval/retrieval/map@<k>@<m>`` from their summaries). ``--push`` logs the table and plots to
+a run of the group (``job_type=compare``), where they show as panels beside the runs. Writes
 ``<out>/comparison.{csv,md,json,png}``; bad input stops with one line (exit status 2) before anything is written.
 """
 

@@ -133,3 +133,37 @@ def test_compare_a_wandb_group_matches_the_local_comparison_and_pushes_a_panel(r
 def test_a_group_without_training_runs_is_one_line():
     with pytest.raises(ConfigError, match=r"--wandb-group: 'nothing' has no training runs in mrl"):
         collect_wandb("nothing", "mrl", api=FakeApi([]))
+
+
+def test_evaluation_adds_its_tables_to_the_training_runs_wandb_run(runs, tmp_path):
+    """scripts/eval.py continues the W&B run of the checkpoint's training (same id), which a W&B group comparison
+    then reads mAP@10 from."""
+    run = runs["mrl"]
+    ckpt = run / "checkpoints" / "last.ckpt"
+    embed = subprocess.run([sys.executable, "scripts/embed.py", f"ckpt_path={ckpt}", "dtype=float32",
+                            f"output_dir={tmp_path / 'emb'}", f"hydra.run.dir={tmp_path / 'emb_hydra'}"],
+                           cwd=PROJECT_ROOT, env=ENV, capture_output=True, text=True, timeout=600)
+    assert embed.returncode == 0, embed.stderr[-3000:]
+    before = set((run / "wandb").glob("offline-run-*"))
+    evaluate = subprocess.run([sys.executable, "scripts/eval.py", f"embeddings_dir={tmp_path / 'emb'}",
+                               "evaluators=[classification,retrieval]", f"output_dir={tmp_path / 'eval'}",
+                               f"hydra.run.dir={tmp_path / 'eval_hydra'}"], cwd=PROJECT_ROOT, env=ENV,
+                              capture_output=True, text=True, timeout=600)
+    assert evaluate.returncode == 0, evaluate.stderr[-3000:]
+    (new,) = set((run / "wandb").glob("offline-run-*")) - before
+    (training,) = before
+    logged, trained = offline_run(new), offline_run(training)
+    assert logged["id"] == trained["id"]  # the same W&B run, continued
+    retrieval = {int(r["dim"]): float(r["map@10"]) for r in rows(tmp_path / "eval" / "retrieval.csv")}
+    for m in DIGITS_DIMS:
+        assert logged["summary"][f"eval/retrieval/map@10@{m}"] == pytest.approx(retrieval[m], abs=1e-4)
+    assert logged["tables"]["eval/retrieval/metrics_by_dim"] == 6 and "eval/classification/metrics_by_dim" in \
+        logged["tables"]
+
+    class Run(FakeRun):  # the group's view after the evaluation: the training's and the evaluation's summaries
+        def __init__(self, folder):
+            super().__init__(folder)
+            self.summary.update({k: v for k, v in logged["summary"].items() if k.startswith("eval/")})
+
+    table = comparison_table(collect_wandb("digits_mlp", "mrl", api=FakeApi([Run(run)])))
+    assert [r["mAP@10 MRL"] for r in table.rows] == pytest.approx([retrieval[m] for m in DIGITS_DIMS])

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import os
 import time
 from collections.abc import Callable, Collection, Mapping, Sequence
 from pathlib import Path
@@ -66,6 +67,7 @@ DEFAULTS: dict[str, Any] = {
                   "probe_optimizer": "lbfgs", "probe_steps": 300, "weight_decay": 1e-4, "seed": 0,
                   "ks": [10]},
     "robustness": {},
+    "wandb": "auto",            # the tables also go to the training run's W&B run: auto | online | offline | disabled
 }
 # top-level keys of the Hydra config (and "resolved", written to eval_config.yaml) that evaluate() does not use
 IGNORED_KEYS = ("task_name", "experiment_name", "paths", "seed", "hydra", "resolved")
@@ -110,6 +112,10 @@ def resolve_config(cfg: Mapping[str, Any] | None = None, **overrides: Any) -> di
                     out[key][sub] = _plain(v)
             else:
                 out[key] = _plain(value)
+    from mrl.loggers import WANDB_MODES
+
+    if out["wandb"] not in WANDB_MODES:
+        raise ConfigError("wandb", f"is {out['wandb']!r}", f"choose one of {list(WANDB_MODES)}")
     evaluators = out["evaluators"]
     if isinstance(evaluators, str):
         evaluators = [e.strip() for e in evaluators.split(",") if e.strip()]
@@ -685,4 +691,40 @@ def evaluate(cfg: Mapping[str, Any] | None = None, command: str | None = None,
         t0 = time.perf_counter()
         tables[name] = RUNNERS[name](ctx, plans[name], out)
         log.info("%s: done in %.1f s -> %s", name, time.perf_counter() - t0, out / f"{name}.md")
+    if ckpt_path:
+        _log_to_training_run(tables, Path(str(ckpt_path)), cfg["wandb"])
     return tables
+
+
+# what goes to W&B per evaluator: (the rows' size column, the metric columns), each a table, line plots and
+# summary fields eval/<evaluator>/<metric>@<size> of the training run
+WANDB_TABLES = {"classification": ("dim", ("top1", "top5", "knn_top1")),
+                "retrieval": ("dim", ("map@10", "precision@10", "recall@10", "top1")),
+                "adaptive_classification": ("cap", ("accuracy", "expected_dim", "fixed_accuracy"))}
+
+
+def _log_to_training_run(tables: Mapping[str, list[dict]], ckpt_path: Path, mode: str) -> None:
+    """Add the evaluator tables to the W&B run of the training that wrote ``ckpt_path`` (its id, project and
+    entity are in the checkpoint), so a W&B runs table shows mAP@10 and the rest beside the training's metrics.
+    Offline (no credentials or network) the run is continued in ``<run dir>/wandb``; a checkpoint without a
+    W&B run is left alone."""
+    from mrl.callbacks import RunIdentity, log_size_table
+    from mrl.checkpoint import read_checkpoint
+    from mrl.loggers import resolve_wandb_mode
+
+    mode = resolve_wandb_mode(mode)
+    identity = RunIdentity.stored(read_checkpoint(ckpt_path)[0]) if mode != "disabled" else {}
+    if not identity.get("wandb_run_id"):
+        return
+    import wandb
+
+    os.environ.setdefault("WANDB_SILENT", "true")
+    run_dir = ckpt_path.resolve().parent.parent  # <run>/checkpoints/<name>.ckpt
+    run = wandb.init(id=identity["wandb_run_id"], project=identity.get("wandb_project") or "mrl",
+                     entity=identity.get("wandb_entity"), resume="allow", mode=mode, dir=str(run_dir))
+    for name, rows in tables.items():
+        if name in WANDB_TABLES and rows:
+            x, metrics = WANDB_TABLES[name]
+            log_size_table(run, f"eval/{name}", rows, x, [m for m in metrics if m in rows[0]])
+    log.info("evaluator tables logged to W&B run %s (%s)", identity["wandb_run_id"], mode)
+    run.finish()
