@@ -88,13 +88,15 @@ def write_comparison(study: Study, out_dir: str | Path, title: str, k: int = 10)
 
 
 def push_comparison(table: Table, project: str, group: str, entity: str | None = None,
-                    mode: str | None = None) -> str:
+                    mode: str | None = None, directory: str | Path | None = None) -> str:
     """Log ``table`` and a line plot per metric (every method against size) to a new run of ``group``
-    (``job_type="compare"``); returns the run's URL (its folder when offline)."""
+    (``job_type="compare"``), its files under ``directory/wandb`` (default: W&B's, the working directory);
+    returns the run's URL (its folder when offline)."""
     import wandb
 
     run = wandb.init(project=project, entity=entity, group=group, job_type="compare", name=f"{group}:compare",
-                     mode=mode, config={"compared_runs": table.sources})
+                     mode=mode, config={"compared_runs": table.sources},
+                     dir=str(directory) if directory is not None else None)
     columns = table.file_columns
     logged: dict[str, Any] = {"comparison/table": wandb.Table(columns=columns,
                                                               data=[[r.get(c) for c in columns] for r in table.rows])}

@@ -50,7 +50,7 @@ def main(argv=None) -> int:
     print("wrote " + ", ".join(str(f) for f in files))
     if args.push:
         group = args.wandb_group or str(study.config and study.config.get("experiment_name") or title)
-        print(f"pushed to {push_comparison(table, args.project, group, args.entity)}")
+        print(f"pushed to {push_comparison(table, args.project, group, args.entity, directory=args.out)}")
     return 0
 
 

@@ -98,7 +98,8 @@ def test_a_mismatched_allocation_stops_the_run_before_training(tmp_path):
 
 # --- the sbatch templates --------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("template", ["train.sbatch", "train_multinode.sbatch"])
+@pytest.mark.parametrize("template", ["train.sbatch",
+                                      pytest.param("train_multinode.sbatch", marks=pytest.mark.slow)])  # same path
 def test_sbatch_template_runs_one_task_per_device_in_one_run_directory(tmp_path, template):
     job = job_number()
     env = environment(tmp_path, **fake_slurm.job_env(job, ntasks=2), SLURM_SUBMIT_DIR=str(PROJECT_ROOT))

@@ -121,9 +121,8 @@ def test_compare_a_wandb_group_matches_the_local_comparison_and_pushes_a_panel(r
         assert {k: v for k, v in a.items() if v is not None} == pytest.approx({k: v for k, v in b.items()
                                                                                 if v is not None})
 
-    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
     monkeypatch.setenv("WANDB_MODE", "offline")
-    push_comparison(online, "mrl", "digits_mlp", mode="offline")
+    push_comparison(online, "mrl", "digits_mlp", mode="offline", directory=tmp_path)
     (folder,) = (tmp_path / "wandb").glob("offline-run-*")
     logged = offline_run(folder)
     assert logged["group"] == "digits_mlp" and logged["name"] == "digits_mlp:compare"
