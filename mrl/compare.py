@@ -19,17 +19,13 @@ from typing import Any
 
 from mrl.embeddings import HEAD_TYPES
 from mrl.errors import ConfigError
-from mrl.study_report import (DEFAULT_SEED, Model, Study, Table, _int_list, _summarise, comparison_table,
-                              plot_comparison, write_report_table)
+from mrl.study_report import (DEFAULT_SEED, Model, Study, Table, _get, _int_list, _summarise, add_replica,
+                              comparison_table, plot_comparison, write_report_table)
 
 
 def _nested(config: Mapping[str, Any], dotted: str) -> Any:
-    node: Any = config
-    for part in dotted.split("."):
-        if not isinstance(node, Mapping) or part not in node:
-            return config.get(dotted) if isinstance(config, Mapping) else None  # a flat "model.head" key
-        node = node[part]
-    return node
+    """``config``'s value at ``dotted``, nested (``{"model": {"head": ..}}``) or flat (``{"model.head": ..}``)."""
+    return _get(config, dotted, config.get(dotted))
 
 
 def collect_wandb(group: str, project: str, entity: str | None = None, k: int = 10, api=None) -> Study:
@@ -61,11 +57,8 @@ def collect_wandb(group: str, project: str, entity: str | None = None, k: int = 
                      if isinstance(summary.get(key.format(m)), (int, float))]
         if retrieval:
             model.eval["retrieval"] = retrieval
-        name = model.base if model.seed == DEFAULT_SEED else f"{model.base}-seed{model.seed}"
-        if name in models:
-            raise ConfigError("--wandb-group", f"runs {models[name].name} and {run.name} are both {model.label} with "
-                              f"seed {model.seed}", "compare one run per model and seed (delete or move the other)")
-        models[name] = model
+        add_replica(models, model, f"W&B run {run.name}",
+                    "compare one run per model and seed (delete or move the other)")
     if not models:
         raise ConfigError("--wandb-group", f"{group!r} has no training runs in {path}",
                           "check the group (the experiment name), --project and --entity")

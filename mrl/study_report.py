@@ -495,6 +495,16 @@ def collect_run(run_dir: str | Path) -> Study:
     return _summarise(root, {model.name: model}, missing, notes, single_run=True)
 
 
+def add_replica(models: dict[str, Model], model: Model, field: str, fix: str) -> None:
+    """Name ``model`` like a study folder's (``mrl``, ``ff8``, ``mrl-seed43``) and add it to ``models``; a second
+    run of one model and seed is a :class:`ConfigError` on ``field`` (it would count twice in the mean)."""
+    model.name = model.base if model.seed == DEFAULT_SEED else f"{model.base}-seed{model.seed}"
+    if model.name in models:
+        raise ConfigError(field, f"is {model.label} trained with seed {model.seed}, like "
+                          f"{models[model.name].path}", fix)
+    models[model.name] = model
+
+
 def collect_runs(run_dirs: Sequence[str | Path]) -> Study:
     """Any run directories (the jobs of a multirun, named by their overrides; runs of several experiments) as one
     study: each is identified by its records (head, FF size, seed), not by its folder name, and named like a study
@@ -512,11 +522,7 @@ def collect_runs(run_dirs: Sequence[str | Path]) -> Study:
         kind, k = _run_identity(root)
         model = Model(root.name, kind, k, root)
         _load_model(model, root, missing, notes)
-        model.name = model.base if model.seed == DEFAULT_SEED else f"{model.base}-seed{model.seed}"
-        if model.name in models:
-            raise ConfigError(str(root), f"is {model.label} trained with seed {model.seed}, like "
-                              f"{models[model.name].path}", "compare one run per model and seed")
-        models[model.name] = model
+        add_replica(models, model, str(root), "compare one run per model and seed")
     common = Path(os.path.commonpath([str(Path(d).resolve()) for d in run_dirs]))
     return _summarise(common, models, missing, notes, single_run=False)
 
