@@ -11,6 +11,9 @@ medians and their ratio are printed (the framework should stay within 5 % of the
 
     python benchmarks/train_throughput.py                          # ResNet-18 on the shared CIFAR-10 tar
     python benchmarks/train_throughput.py --steps 40 --repeats 5 --json results/benchmarks/train_throughput_cpu.json
+    # one GPU: CIFAR stem, bf16 autocast, channels_last, batch 512; add --compile for torch.compile on both sides
+    python benchmarks/train_throughput.py --device cuda --precision bf16 --channels-last --small-input \
+        --batch-size 512 --workers 8 --steps 50
 """
 
 from __future__ import annotations
@@ -45,8 +48,16 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=5, help="steps before the timed window")
     p.add_argument("--steps", type=int, default=25, help="timed steps per run")
     p.add_argument("--repeats", type=int, default=3, help="runs of each, alternated")
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    p.add_argument("--precision", choices=["32", "bf16"], default="32", help="bf16: autocast (bf16-mixed)")
+    p.add_argument("--channels-last", action="store_true", help="NHWC weights and inputs")
+    p.add_argument("--small-input", action="store_true", help="the CIFAR stem (3x3 stride-1 conv, no max-pool)")
+    p.add_argument("--compile", action="store_true", help="torch.compile the network on both sides")
     p.add_argument("--json", type=Path, default=None)
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        p.error("--device cuda: no CUDA device is visible")
+    return args
 
 
 def make_datamodule(args):
@@ -62,23 +73,31 @@ MODEL = dict(head="mrl", nesting_dims=[1, 2, 4, 8, 16, 32, 64, 128, 256, 512], l
 
 def make_module(args, dm) -> MatryoshkaModule:
     torch.manual_seed(0)
-    backbone = {"name": args.backbone, "in_chans": 3, "image_size": 32}
-    return MatryoshkaModule(backbone=backbone, num_classes=dm.num_classes, class_names=dm.class_names, **MODEL)
+    backbone = {"name": args.backbone, "in_chans": 3, "image_size": 32, "small_input": args.small_input}
+    return MatryoshkaModule(backbone=backbone, num_classes=dm.num_classes, class_names=dm.class_names,
+                            channels_last=args.channels_last, compile=args.compile, **MODEL)
+
+
+def synchronize(args) -> None:
+    if args.device == "cuda":  # device work is asynchronous: the clock reads only after it has finished
+        torch.cuda.synchronize()
 
 
 class WindowTimer:
     """Wall-clock seconds from the start of step ``first`` to the end of step ``last`` (0-based)."""
 
-    def __init__(self, first: int, last: int):
-        self.first, self.last, self.seconds = first, last, None
+    def __init__(self, first: int, last: int, sync=lambda: None):
+        self.first, self.last, self.seconds, self.sync = first, last, None, sync
 
     def start(self, step: int) -> None:
         if step == self.first:
+            self.sync()
             self.t0 = time.perf_counter()
 
     def end(self, step: int) -> bool:
         """True once the window is over."""
         if step == self.last:
+            self.sync()
             self.seconds = time.perf_counter() - self.t0
         return step >= self.last
 
@@ -90,7 +109,7 @@ def run_framework(args, dm) -> float:
     from mrl.checkpointing import AtomicCheckpointIO
     from mrl.training import build_callbacks
 
-    timer = WindowTimer(args.warmup, args.warmup + args.steps - 1)
+    timer = WindowTimer(args.warmup, args.warmup + args.steps - 1, lambda: synchronize(args))
 
     class Window(L.Callback):
         def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
@@ -104,7 +123,8 @@ def run_framework(args, dm) -> float:
     with tempfile.TemporaryDirectory() as out:
         callbacks, _ = build_callbacks({"checkpoint": {}, "lr_monitor": True}, module, Path(out), validates=False,
                                        has_logger=True, bar="none")
-        trainer = L.Trainer(accelerator="cpu", devices=1, max_epochs=1, limit_train_batches=args.warmup + args.steps,
+        trainer = L.Trainer(accelerator="gpu" if args.device == "cuda" else "cpu", devices=1,
+                            precision="bf16-mixed" if args.precision == "bf16" else "32-true", max_epochs=1, limit_train_batches=args.warmup + args.steps,
                             limit_val_batches=0, num_sanity_val_steps=0, enable_progress_bar=False,
                             enable_model_summary=False, enable_checkpointing=False, logger=CSVLogger(out, name="csv"),
                             callbacks=[*callbacks, Window()], plugins=[AtomicCheckpointIO()], default_root_dir=out)
@@ -114,14 +134,19 @@ def run_framework(args, dm) -> float:
 
 def run_bare(args, dm) -> float:
     module = make_module(args, dm)
-    model, criterion = module.model.train(), module.criterion
+    model, criterion = module.model.to(args.device).train(), module.criterion.to(args.device)
+    memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
     optimizer = create_optimizer(model, **MODEL["optimizer"])
     loader = torch.utils.data.DataLoader(dm.train_set, batch_size=args.batch_size, shuffle=True, drop_last=True,
-                                         num_workers=args.workers, persistent_workers=args.workers > 0)
-    timer = WindowTimer(args.warmup, args.warmup + args.steps - 1)
+                                         num_workers=args.workers, persistent_workers=args.workers > 0,
+                                         pin_memory=args.device == "cuda")
+    timer = WindowTimer(args.warmup, args.warmup + args.steps - 1, lambda: synchronize(args))
     for step, (x, y) in enumerate(loader):
         timer.start(step)
-        loss = criterion(model(x), y)
+        x = x.to(args.device, non_blocking=True).contiguous(memory_format=memory_format)
+        y = y.to(args.device, non_blocking=True)
+        with torch.autocast(args.device, dtype=torch.bfloat16, enabled=args.precision == "bf16"):
+            loss = criterion(model(x), y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -140,13 +165,16 @@ def main(argv=None) -> int:
             print(f"repeat {repeat + 1}/{args.repeats}  {name:9s}  {rates[name][-1]:7.1f} images/s", flush=True)
     median = {name: statistics.median(values) for name, values in rates.items()}
     ratio = median["framework"] / median["bare"]
-    print(f"\n{args.backbone}, batch {args.batch_size}, {args.workers} workers, {args.steps} timed steps x "
+    setting = f"{args.device}, precision {args.precision}" + ", channels_last" * args.channels_last + \
+        ", CIFAR stem" * args.small_input + ", torch.compile" * args.compile
+    print(f"\n{args.backbone} ({setting}), batch {args.batch_size}, {args.workers} workers, {args.steps} timed steps x "
           f"{args.repeats}: framework {median['framework']:.1f} images/s, bare loop {median['bare']:.1f} images/s, "
           f"ratio {ratio:.3f} (target >= 0.95)")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "images_per_s": rates,
                                          "median": median, "ratio": ratio, "machine": platform.platform(),
+                                         "device": torch.cuda.get_device_name() if args.device == "cuda" else "cpu",
                                          "torch": torch.__version__, "threads": torch.get_num_threads()}, indent=2))
     return 0
 

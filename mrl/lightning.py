@@ -35,13 +35,17 @@ class MatryoshkaModule(L.LightningModule):
             scales ``lr`` by ``global_batch / lr_reference_batch``, the linear scaling rule.
         scheduler: ``name`` and arguments of :func:`mrl.optim.create_scheduler` (``warmup_epochs``...).
         class_names: class index -> name, stored in checkpoints so indices stay meaningful.
+        channels_last: NHWC weights and inputs (faster convolutions under bf16 on tensor cores).
+        compile: ``torch.compile`` the network in place (``nn.Module.compile``, so state-dict keys and
+            checkpoints stay those of the eager model); ``True`` or a dict of ``torch.compile`` options
+            (``mode``, ``dynamic``, ...).
     """
 
     def __init__(self, backbone: Mapping[str, Any], num_classes: int, head: str = "mrl",
                  nesting_dims: str | Sequence[int] = "auto", loss_weights: Sequence[float] | None = None,
                  label_smoothing: float = 0.0, optimizer: Mapping[str, Any] | None = None,
                  scheduler: Mapping[str, Any] | None = None, class_names: Sequence[str] | None = None,
-                 channels_last: bool = False):
+                 channels_last: bool = False, compile: bool | Mapping[str, Any] = False):
         super().__init__()
         self.save_hyperparameters()
         self.model = create_model(dict(backbone), head=head, num_classes=num_classes, nesting_dims=nesting_dims)
@@ -60,6 +64,13 @@ class MatryoshkaModule(L.LightningModule):
         self.results: dict[str, dict[str, float]] = {}
         if channels_last:
             self.model.to(memory_format=torch.channels_last)
+        if compile:
+            options = dict(compile) if isinstance(compile, Mapping) else {}
+            unknown = sorted(set(options) - {"mode", "dynamic", "fullgraph", "backend", "options"})
+            if unknown:
+                raise ConfigError("model.compile", f"unknown torch.compile option(s) {unknown}",
+                                  "use true, false or a dict of mode/dynamic/fullgraph/backend/options")
+            self.model.compile(**options)
 
     @property
     def head_type(self) -> str:

@@ -186,6 +186,39 @@ def test_resume_with_augmentation_and_workers_is_exact(make_cfg, tmp_path, where
         torch.testing.assert_close(b["state_dict"][key], value, rtol=0, atol=1e-6)
 
 
+def test_seeded_augmentation_is_a_function_of_the_sample_seed_alone():
+    """A sample's random transforms come from its seed (the same draws as seeding torch and random globally),
+    whatever ran before, and the caller's torch and Python RNG streams go on as if nothing was drawn."""
+    import random
+
+    from mrl.data.sampling import SeededAugmentation
+
+    class Draws(torch.utils.data.Dataset):  # stands in for random crops and flips
+        def __len__(self):
+            return 4
+
+        def __getitem__(self, index):
+            return index, torch.rand(3).tolist(), random.random()
+
+    wrapped = SeededAugmentation(Draws())
+    torch.manual_seed(0), random.seed(0)
+    first = wrapped[(2, 12345)]
+    torch.rand(7), random.random()  # other draws in between must not matter
+    assert wrapped[(2, 12345)] == first
+    torch.manual_seed(12345), random.seed(12345)
+    assert first == (2, torch.rand(3).tolist(), random.random())  # the slow obvious way
+    assert wrapped[(2, 54321)] != first
+    torch.manual_seed(7), random.seed(7)
+    expected = (torch.rand(2).tolist(), random.random())
+    torch.manual_seed(7), random.seed(7)
+    wrapped[(1, 99)]
+    assert (torch.rand(2).tolist(), random.random()) == expected
+    torch.manual_seed(5), random.seed(5)
+    plain = wrapped[3]  # a plain index: no reseeding, the caller's streams as they are
+    torch.manual_seed(5), random.seed(5)
+    assert plain == Draws()[3]
+
+
 def test_an_unreadable_checkpoint_falls_back_to_the_newest_readable_one(make_cfg, tmp_path, capsys):
     args = [*QUIET, "trainer.max_epochs=2", "callbacks.checkpoint.every_n_train_steps=5", "test_checkpoint=last"]
     train(make_cfg(*args))

@@ -79,14 +79,17 @@ class SeededAugmentation(Dataset):
         if isinstance(key, int):
             return self.dataset[key]
         index, sample_seed = key
-        py_state = random.getstate()
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(sample_seed)
-            random.seed(sample_seed)
-            try:
-                return self.dataset[index]
-            finally:
-                random.setstate(py_state)
+        # The CPU generator only: torch.manual_seed would also queue a seed for every accelerator backend,
+        # with a formatted stack trace each time, costing more than decoding the image (and, in a loader
+        # worker where CUDA is not initialised, piling up in a queue that is never drained).
+        torch_state, py_state = torch.default_generator.get_state(), random.getstate()
+        torch.default_generator.manual_seed(sample_seed)
+        random.seed(sample_seed)
+        try:
+            return self.dataset[index]
+        finally:
+            torch.default_generator.set_state(torch_state)
+            random.setstate(py_state)
 
 
 class ResumableDataLoader(DataLoader):

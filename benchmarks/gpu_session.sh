@@ -1,0 +1,68 @@
+#!/usr/bin/env bash
+# Everything this project measures on one lent GPU, in one command with a fixed time budget:
+#   1. train throughput, framework against a bare loop (benchmarks/train_throughput.py): bf16 autocast,
+#      channels_last, CIFAR stem, batch 512; eager, then with torch.compile on both sides;
+#   2. DDP on one GPU (trainer=ddp, NCCL): a short CIFAR-10 run through scripts/train.py, tested;
+#   3. the CIFAR-10 study on the GPU (scripts/cifar10_study_gpu.sh), two drivers sharing the card, until the
+#      deadline; every model finished by then lands in $OUT/cifar10_gpu_runs.tar.gz (refreshed as models finish).
+#
+#   CIFAR10=/path/cifar10-jpeg.tar.gz OUT=/path/out BUDGET_S=560 benchmarks/gpu_session.sh
+# Each part runs on even when an earlier one failed; the exit status is non-zero when any part failed.
+# Results: $OUT/session.log, $OUT/throughput_*.json, $OUT/cifar10_gpu_runs.tar.gz (unpack into results/cifar10_gpu).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+: "${CIFAR10:?set CIFAR10 to the CIFAR-10 archive}"
+OUT=${OUT:-logs/gpu_session}
+BUDGET_S=${BUDGET_S:-560}          # the whole session, seconds
+PY=${PY:-python3}
+WORKERS=${WORKERS:-12}
+STUDY_MODELS=${STUDY_MODELS:-"mrl ff512 mrle ff8 ff64 ff2 ff32 ff128 ff1 ff4 ff16 ff256"}
+STUDY_DRIVERS=${STUDY_DRIVERS:-2}
+export PY EPOCHS=${EPOCHS:-20} PYTHONUNBUFFERED=1 WANDB_MODE=offline HF_HUB_OFFLINE=1
+mkdir -p "$OUT"
+exec > >(tee -a "$OUT/session.log") 2>&1
+start=$(date +%s)
+left() { echo $((BUDGET_S - ($(date +%s) - start))); }
+failed=()
+part() {  # part NAME SECONDS COMMAND...: run with a time limit, record a failure, go on
+  local name=$1 limit=$2; shift 2
+  echo "=== $name (limit ${limit}s, $(left)s of the session left)"
+  timeout -k 10 "$limit" "$@" || { echo "=== $name FAILED (exit $?)"; failed+=("$name"); }
+}
+
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+"$PY" -c "import torch, lightning; print('torch', torch.__version__, 'lightning', lightning.__version__, torch.cuda.get_device_name())"
+
+BENCH=(--root "$CIFAR10" --device cuda --precision bf16 --channels-last --small-input --batch-size 512
+       --workers "$WORKERS" --warmup 10 --steps 40)
+part throughput_eager 90 "$PY" benchmarks/train_throughput.py "${BENCH[@]}" --repeats 3 \
+  --json "$OUT/throughput_gpu_bf16.json"
+part throughput_compile 120 "$PY" benchmarks/train_throughput.py "${BENCH[@]}" --repeats 1 --compile \
+  --json "$OUT/throughput_gpu_bf16_compile.json"
+part ddp_one_gpu 90 "$PY" scripts/train.py +experiment=cifar10_resnet18 "data.root=$CIFAR10" data.verify_images=false \
+  trainer=ddp trainer.devices=1 model.backbone.small_input=true model.channels_last=true data.batch_size=512 \
+  "data.num_workers=$WORKERS" trainer.max_epochs=1 logger=csv hydra.run.dir=logs/ddp_one_gpu
+
+# The study: drivers split the models between them (a model's lock keeps a second driver off it), each
+# trains, embeds, evaluates and collects its models; whatever is collected before the deadline comes back.
+export STUDY_DIR=${STUDY_DIR:-logs/cifar10_study_gpu} RESULTS_DIR=${RESULTS_DIR:-results/cifar10_gpu} MODELS=$STUDY_MODELS
+export WORKERS=$((WORKERS / STUDY_DRIVERS)) STAGES="train eval collect"
+pack() { [[ -d $RESULTS_DIR/runs ]] && tar czf "$OUT/cifar10_gpu_runs.tar.gz.part" -C "$RESULTS_DIR" runs &&
+  mv "$OUT/cifar10_gpu_runs.tar.gz.part" "$OUT/cifar10_gpu_runs.tar.gz"; }
+study_limit=$(( $(left) - 15 ))
+echo "=== study: models [$STUDY_MODELS], $EPOCHS epochs, $STUDY_DRIVERS drivers, ${study_limit}s"
+pids=()
+for i in $(seq "$STUDY_DRIVERS"); do
+  timeout -k 10 "$study_limit" scripts/cifar10_study_gpu.sh > "$OUT/study_driver$i.log" 2>&1 &
+  pids+=($!); sleep 2
+done
+while [[ -n $(jobs -rp) ]]; do sleep 10; pack; done
+for i in "${!pids[@]}"; do  # 124: stopped at the deadline with models left, which is the plan, not a failure
+  wait "${pids[$i]}"; rc=$?
+  [[ $rc == 0 || $rc == 124 ]] || { echo "=== study driver $((i + 1)) FAILED (exit $rc)"; failed+=("study$((i + 1))"); }
+done
+pack
+echo "=== collected: $(ls "$RESULTS_DIR/runs" 2>/dev/null | tr '\n' ' ')"
+tail -n 5 "$OUT"/study_driver*.log
+echo "=== done in $(( $(date +%s) - start ))s; failed: ${failed[*]:-none}"
+[[ ${#failed[@]} -eq 0 ]]
