@@ -154,3 +154,24 @@ def test_ff_sweep_as_a_hydra_multirun(tmp_path):
                      ("model.head=ff,model.nesting_dims=_32_,trainer.max_epochs=1", 32)):
         rows = _read_csv(tmp_path / job / "metrics_by_dim.csv")
         assert [int(r["dim"]) for r in rows] == [dim]
+
+
+def test_compile_keeps_the_eager_function_and_checkpoint_keys():
+    """model.compile=true compiles the network in place: same logits and gradients as the eager module, and
+    state-dict keys without torch.compile's `_orig_mod.` prefix, so checkpoints load in either mode."""
+    from mrl.errors import ConfigError
+
+    kwargs = dict(backbone={"name": "mlp", "in_chans": 1, "image_size": 4, "hidden_dim": 8}, num_classes=3,
+                  nesting_dims=[2, 4, 8])
+    torch.manual_seed(0)
+    eager = MatryoshkaModule(**kwargs)
+    torch.manual_seed(0)
+    compiled = MatryoshkaModule(**kwargs, compile={"backend": "eager"})  # dynamo capture without a C++ toolchain
+    assert list(compiled.state_dict()) == list(eager.state_dict())
+    x = torch.randn(5, 1, 4, 4)
+    torch.testing.assert_close(compiled(x), eager(x))
+    compiled(x).sum().backward(), eager(x).sum().backward()
+    for (name, a), (_, b) in zip(compiled.named_parameters(), eager.named_parameters()):
+        torch.testing.assert_close(a.grad, b.grad, msg=name)
+    with pytest.raises(ConfigError, match="model.compile"):
+        MatryoshkaModule(**kwargs, compile={"modes": "max-autotune"})
