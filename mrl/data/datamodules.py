@@ -397,7 +397,7 @@ class CIFARDataModule(FolderDataModule):
         self.download = download
 
     def train_transform(self) -> Callable:
-        return T.Compose([T.RandomCrop(32, padding=4), T.RandomHorizontalFlip(), T.ToTensor(),
+        return T.Compose([T.RandomCrop(self.image_size, padding=4), T.RandomHorizontalFlip(), T.ToTensor(),
                           T.Normalize(CIFAR_MEAN, CIFAR_STD)])
 
     def eval_transform(self) -> Callable:
@@ -471,3 +471,93 @@ class CIFAR10DataModule(CIFARDataModule):
 @register_datamodule("cifar100")
 class CIFAR100DataModule(CIFARDataModule):
     torchvision_name = "CIFAR100"
+
+
+class ShardStreamLoader(DataLoader):
+    """The training loader over a :class:`~mrl.data.shards.TrainShardStream`: each epoch's iterator tells the
+    stream its epoch (workers start afresh per epoch and take the stream as it is then)."""
+
+    def __init__(self, *args: Any, epoch: Callable[[], int], **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.epoch = epoch
+
+    def __iter__(self):
+        self.dataset.set_epoch(self.epoch())
+        return super().__iter__()
+
+
+@register_datamodule("webdataset")
+class ShardsDataModule(ClassificationDataModule):
+    """WebDataset tar shards written by ``scripts/make_shards.py`` (:mod:`mrl.data.shards`), streamed.
+
+    ``transform``: ``imagenet`` (random-resized crop and flip; resize and centre crop) or ``cifar`` (4-pixel
+    padded crop and flip; none). Validation: ``holdout`` reads the converter's ``holdout`` split (made with
+    ``--holdout-fraction``), ``test`` the test split, ``none`` nothing. Embedding (``scripts/embed.py``) needs
+    indexed data: embed from the ImageFolder the shards were made from.
+    """
+
+    def __init__(self, root: str | None = None, image_size: int = 224, transform: str = "imagenet",
+                 shuffle_buffer: int = 5000, eval_split: str | None = None, validation: str = "none", **kwargs):
+        super().__init__(image_size=image_size, validation=validation, **kwargs)
+        if transform not in ("imagenet", "cifar"):
+            raise ConfigError("data.transform", f"unknown transform {transform!r}", "choose imagenet or cifar")
+        if shuffle_buffer < 1:
+            raise ConfigError("data.shuffle_buffer", f"must be >= 1, got {shuffle_buffer}")
+        self.root, self.transform, self.shuffle_buffer, self.eval_split = root, transform, shuffle_buffer, eval_split
+
+    def _transforms(self) -> tuple[Callable, Callable]:
+        if self.transform == "cifar":
+            return CIFARDataModule.train_transform(self), CIFARDataModule.eval_transform(self)
+        return FolderDataModule.train_transform(self), ImageNetDataModule.eval_transform(self)
+
+    def _build(self) -> None:
+        from mrl.data.shards import EvalShardStream, TrainShardStream, read_meta
+
+        if not self.root:
+            raise ConfigError("data.root", "is not set", "set data.root to a folder made by scripts/make_shards.py")
+        self.shard_root = Path(str(self.root)).expanduser()
+        self.meta = read_meta(self.shard_root)
+        splits = self.meta["splits"]
+        if "train" not in splits:
+            raise ConfigError("data.root", f"{self.shard_root} has no train split (it has {sorted(splits)})",
+                              "convert with --splits train,...")
+        if self.eval_split is None:
+            self.eval_split = next((s for s in ("val", "test") if s in splits), None)
+        if self.eval_split not in splits:
+            raise ConfigError("data.eval_split", f"{self.eval_split!r} is not a split of {self.shard_root} "
+                              f"({sorted(splits)})", "name one of them")
+        if self.validation == "holdout" and "holdout" not in splits:
+            raise ConfigError("data.validation", f"is holdout but {self.shard_root} has no holdout split",
+                              "convert with --holdout-fraction 0.01, or set data.validation=none")
+        self.class_names = list(self.meta["classes"])
+        train_transform, eval_transform = self._transforms()
+        self.test_set = EvalShardStream(self.shard_root, self.eval_split, self.meta, eval_transform)
+        self.val_set = {"holdout": lambda: EvalShardStream(self.shard_root, "holdout", self.meta, eval_transform),
+                        "test": lambda: self.test_set, "none": lambda: None}[self.validation]()
+        self.train_set = TrainShardStream(self.shard_root, self.meta, train_transform, self.batch_size, self.seed,
+                                          self.shuffle_buffer)
+
+    def train_dataloader(self) -> DataLoader:
+        stream = self.train_set
+        stream.place(*distributed_rank_and_size())
+        stream.check_workers(self.num_workers)
+        resume = getattr(self, "_resume_state", None)
+        if resume:
+            stream.resume_at(resume["epoch"], resume["samples_done"])
+            self._resume_state = None
+        trainer = getattr(self, "trainer", None)
+        # Workers start afresh each epoch (not persistent), so each sees the epoch set by the loader.
+        return ShardStreamLoader(stream, batch_size=self.batch_size, num_workers=self.num_workers,
+                                 pin_memory=self.pin_memory,
+                                 epoch=lambda: trainer.current_epoch if trainer is not None else stream.epoch)
+
+    def eval_dataloader(self, dataset) -> DataLoader:
+        if hasattr(dataset, "urls"):  # a shard stream: it splits itself by rank and worker
+            dataset.place(*distributed_rank_and_size())
+            workers = min(self.num_workers, len(dataset.urls[dataset.rank::dataset.world]))
+            return DataLoader(dataset, batch_size=self.eval_batch_size, num_workers=workers, pin_memory=self.pin_memory)
+        return super().eval_dataloader(dataset)
+
+    def split_dataset(self, split: str):
+        raise ConfigError("data.name", "webdataset shards are streamed, and embedding needs indexed data",
+                          "embed with data=imagenet (or image_folder) on the ImageFolder the shards were made from")

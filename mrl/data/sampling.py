@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -79,17 +80,24 @@ class SeededAugmentation(Dataset):
         if isinstance(key, int):
             return self.dataset[key]
         index, sample_seed = key
-        # The CPU generator only: torch.manual_seed would also queue a seed for every accelerator backend,
-        # with a formatted stack trace each time, costing more than decoding the image (and, in a loader
-        # worker where CUDA is not initialised, piling up in a queue that is never drained).
-        torch_state, py_state = torch.default_generator.get_state(), random.getstate()
-        torch.default_generator.manual_seed(sample_seed)
-        random.seed(sample_seed)
-        try:
+        with seeded(sample_seed):
             return self.dataset[index]
-        finally:
-            torch.default_generator.set_state(torch_state)
-            random.setstate(py_state)
+
+
+@contextmanager
+def seeded(sample_seed: int) -> Iterator[None]:
+    """Draw the block's random transforms from ``sample_seed`` (torch's CPU generator and Python's ``random``),
+    leaving the caller's streams as they were. Only the CPU generator: ``torch.manual_seed`` would also queue a
+    seed for every accelerator backend, with a formatted stack trace each time, costing more than decoding the
+    image (and, in a loader worker where CUDA is not initialised, piling up in a queue never drained)."""
+    torch_state, py_state = torch.default_generator.get_state(), random.getstate()
+    torch.default_generator.manual_seed(sample_seed)
+    random.seed(sample_seed)
+    try:
+        yield
+    finally:
+        torch.default_generator.set_state(torch_state)
+        random.setstate(py_state)
 
 
 class ResumableDataLoader(DataLoader):
