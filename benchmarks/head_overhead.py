@@ -192,7 +192,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=2, help="untimed rounds per variant")
     p.add_argument("--head-width", type=int, default=2048)
     p.add_argument("--head-classes", type=int, default=1000)
-    p.add_argument("--head-batch", type=int, default=None, help="head micro-benchmark batch (default: 128 CPU, 1024 GPU)")
+    p.add_argument("--head-batch", type=int, default=None,
+                   help="head micro-benchmark batch (default: 128 CPU, 1024 GPU)")
     p.add_argument("--head-repeats", type=int, default=None, help="head samples per variant (default: 9 CPU, 30 GPU)")
     p.add_argument("--head-inner", type=int, default=None, help="calls per sample (default: 3 CPU, 50 GPU)")
     p.add_argument("--amp", choices=["none", "bf16"], default="none", help="autocast dtype")

@@ -124,7 +124,8 @@ def run_framework(args, dm) -> float:
         callbacks, _ = build_callbacks({"checkpoint": {}, "lr_monitor": True}, module, Path(out), validates=False,
                                        has_logger=True, bar="none")
         trainer = L.Trainer(accelerator="gpu" if args.device == "cuda" else "cpu", devices=1,
-                            precision="bf16-mixed" if args.precision == "bf16" else "32-true", max_epochs=1, limit_train_batches=args.warmup + args.steps,
+                            precision="bf16-mixed" if args.precision == "bf16" else "32-true", max_epochs=1,
+                            limit_train_batches=args.warmup + args.steps,
                             limit_val_batches=0, num_sanity_val_steps=0, enable_progress_bar=False,
                             enable_model_summary=False, enable_checkpointing=False, logger=CSVLogger(out, name="csv"),
                             callbacks=[*callbacks, Window()], plugins=[AtomicCheckpointIO()], default_root_dir=out)

@@ -95,7 +95,7 @@ class MatryoshkaModule(L.LightningModule):
         self._stop_if_not_finite(loss, per_size)
         self.log("train/loss", loss, prog_bar=True, batch_size=y.numel())
         if self._writes_step_metrics():
-            self.log_dict({f"train/loss@{m}": l for m, l in zip(self.nesting_dims, per_size.detach())},
+            self.log_dict({f"train/loss@{m}": value for m, value in zip(self.nesting_dims, per_size.detach())},
                           batch_size=y.numel())
         return loss
 

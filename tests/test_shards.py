@@ -180,8 +180,8 @@ def test_two_processes_train_on_shards_and_count_every_test_sample_once(make_cfg
     counted over both ranks' shards covers the 16 test images exactly once."""
     out = train(make_cfg("logger=csv", "callbacks.progress_bar=none", "data=webdataset", f"data.root={shards}",
                          "data.image_size=12", "data.transform=cifar", "data.batch_size=4", "data.num_workers=1",
-                         "model=digits_cnn", "model.backbone.channels=[4,8,8]", "trainer=ddp_sim", "trainer.max_epochs=1",
-                         "test_checkpoint=last"))
+                         "model=digits_cnn", "model.backbone.channels=[4,8,8]", "trainer=ddp_sim",
+                         "trainer.max_epochs=1", "test_checkpoint=last"))
     ckpt = torch.load(out["last_model_path"], map_location="cpu", weights_only=False)
     assert ckpt["global_step"] == 64 // (2 * 4)
     assert out["test"]["num_samples"] == 16

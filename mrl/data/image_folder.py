@@ -46,7 +46,8 @@ def scan_image_folder(root: str | Path, field: str = "data.root", bad_images: st
     ``bad_images="error"``.
     """
     if bad_images not in BAD_IMAGE_POLICIES:
-        raise ConfigError("data.bad_images", f"unknown policy {bad_images!r}", f"choose one of {list(BAD_IMAGE_POLICIES)}")
+        raise ConfigError("data.bad_images", f"unknown policy {bad_images!r}",
+                          f"choose one of {list(BAD_IMAGE_POLICIES)}")
     root = Path(root).expanduser()
     if not root.is_dir():
         raise ConfigError(field, f"{root} does not exist or is not a directory",
