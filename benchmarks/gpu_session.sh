@@ -7,6 +7,7 @@
 #      deadline; every model finished by then lands in $OUT/cifar10_gpu_runs.tar.gz (refreshed as models finish).
 #
 #   CIFAR10=/path/cifar10-jpeg.tar.gz OUT=/path/out BUDGET_S=560 benchmarks/gpu_session.sh
+# PARTS="throughput ddp study" picks the parts (a later session that only adds study models: PARTS=study).
 # Each part runs on even when an earlier one failed; the exit status is non-zero when any part failed.
 # Results: $OUT/session.log, $OUT/throughput_*.json, $OUT/cifar10_gpu_runs.tar.gz (unpack into results/cifar10_gpu).
 set -uo pipefail
@@ -18,6 +19,7 @@ PY=${PY:-python3}
 WORKERS=${WORKERS:-12}
 STUDY_MODELS=${STUDY_MODELS:-"mrl ff512 mrle ff8 ff64 ff2 ff32 ff128 ff1 ff4 ff16 ff256"}
 STUDY_DRIVERS=${STUDY_DRIVERS:-2}
+PARTS=" ${PARTS:-throughput ddp study} "
 export PY EPOCHS=${EPOCHS:-20} PYTHONUNBUFFERED=1 WANDB_MODE=offline HF_HUB_OFFLINE=1
 mkdir -p "$OUT"
 exec > >(tee -a "$OUT/session.log") 2>&1
@@ -35,11 +37,11 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 
 BENCH=(--root "$CIFAR10" --device cuda --precision bf16 --channels-last --small-input --batch-size 512
        --workers "$WORKERS" --warmup 10 --steps 40)
-part throughput_eager 90 "$PY" benchmarks/train_throughput.py "${BENCH[@]}" --repeats 3 \
+[[ $PARTS == *" throughput "* ]] && part throughput_eager 90 "$PY" benchmarks/train_throughput.py "${BENCH[@]}" --repeats 3 \
   --json "$OUT/throughput_gpu_bf16.json"
-part throughput_compile 120 "$PY" benchmarks/train_throughput.py "${BENCH[@]}" --repeats 1 --compile \
+[[ $PARTS == *" throughput "* ]] && part throughput_compile 120 "$PY" benchmarks/train_throughput.py "${BENCH[@]}" --repeats 1 --compile \
   --json "$OUT/throughput_gpu_bf16_compile.json"
-part ddp_one_gpu 90 "$PY" scripts/train.py +experiment=cifar10_resnet18 "data.root=$CIFAR10" data.verify_images=false \
+[[ $PARTS == *" ddp "* ]] && part ddp_one_gpu 90 "$PY" scripts/train.py +experiment=cifar10_resnet18 "data.root=$CIFAR10" data.verify_images=false \
   trainer=ddp trainer.devices=1 model.backbone.small_input=true model.channels_last=true data.batch_size=512 \
   "data.num_workers=$WORKERS" trainer.max_epochs=1 logger=csv hydra.run.dir=logs/ddp_one_gpu
 
@@ -49,6 +51,9 @@ export STUDY_DIR=${STUDY_DIR:-logs/cifar10_study_gpu} RESULTS_DIR=${RESULTS_DIR:
 export WORKERS=$((WORKERS / STUDY_DRIVERS)) STAGES="train eval collect"
 pack() { [[ -d $RESULTS_DIR/runs ]] && tar czf "$OUT/cifar10_gpu_runs.tar.gz.part" -C "$RESULTS_DIR" runs &&
   mv "$OUT/cifar10_gpu_runs.tar.gz.part" "$OUT/cifar10_gpu_runs.tar.gz"; }
+if [[ $PARTS != *" study "* ]]; then
+  echo "=== done in $(( $(date +%s) - start ))s; failed: ${failed[*]:-none}"; [[ ${#failed[@]} -eq 0 ]]; exit
+fi
 study_limit=$(( $(left) - 15 ))
 echo "=== study: models [$STUDY_MODELS], $EPOCHS epochs, $STUDY_DRIVERS drivers, ${study_limit}s"
 pids=()
