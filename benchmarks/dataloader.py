@@ -10,19 +10,16 @@ pinned memory, through each DataModule's own ``train_dataloader``. No model: thi
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
-import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
+from benchmarks.common import alternate, write_json  # noqa: E402
 from mrl.data import create_datamodule  # noqa: E402
 from mrl.data.shards import convert_image_folder  # noqa: E402
 
@@ -69,20 +66,12 @@ def main(argv=None) -> int:
                                    cache_dir=os.environ.get("MRL_CACHE_DIR"), **common)
         stream = create_datamodule("webdataset", root=str(shards), transform="cifar", **common)
         folder.setup("fit"), stream.setup("fit")
-        rates: dict[str, list[float]] = {"image_folder": [], "shards": []}
-        for repeat in range(args.repeats):
-            for name, dm in (("image_folder", folder), ("shards", stream)):
-                rates[name].append(timed(dm.train_dataloader(), args))
-                print(f"repeat {repeat + 1}/{args.repeats}  {name:12s}  {rates[name][-1]:8.1f} images/s", flush=True)
-    median = {name: statistics.median(values) for name, values in rates.items()}
+        rates, median = alternate({"image_folder": lambda: timed(folder.train_dataloader(), args),
+                                   "shards": lambda: timed(stream.train_dataloader(), args)}, args.repeats, "images/s")
     print(f"\nbatch {args.batch_size}, {args.workers} workers, {args.batches} batches x {args.repeats}: ImageFolder "
           f"{median['image_folder']:.1f} images/s, shards {median['shards']:.1f} images/s, "
           f"ratio {median['shards'] / median['image_folder']:.2f}")
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "images_per_s": rates,
-                                         "median": median, "machine": platform.platform(), "cpus": os.cpu_count(),
-                                         "torch": torch.__version__}, indent=2))
+    write_json(args.json, args, images_per_s=rates, median=median)
     return 0
 
 

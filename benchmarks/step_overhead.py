@@ -12,9 +12,6 @@ framework from a bare loop there (``benchmarks/train_throughput.py`` measures th
 from __future__ import annotations
 
 import argparse
-import json
-import platform
-import statistics
 import sys
 import tempfile
 import time
@@ -24,6 +21,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
+from benchmarks.common import alternate, write_json  # noqa: E402
 from mrl.lightning import MatryoshkaModule  # noqa: E402
 from mrl.optim import create_optimizer  # noqa: E402
 
@@ -85,21 +83,13 @@ def main(argv=None) -> int:
     n = args.steps * args.batch_size
     data = torch.utils.data.TensorDataset(torch.randn(n, 1, 8, 8), torch.randint(0, 10, (n,)))
     loader = torch.utils.data.DataLoader(data, batch_size=args.batch_size)
-    times: dict[str, list[float]] = {"framework": [], "bare": []}
-    for repeat in range(args.repeats):
-        for name, run in (("framework", run_framework), ("bare", run_bare)):
-            times[name].append(run(loader, args.steps))
-            print(f"repeat {repeat + 1}/{args.repeats}  {name:9s}  {times[name][-1] * 1e3:6.2f} ms/step", flush=True)
-    median = {name: statistics.median(values) * 1e3 for name, values in times.items()}
+    times, median = alternate({"framework": lambda: 1e3 * run_framework(loader, args.steps),
+                               "bare": lambda: 1e3 * run_bare(loader, args.steps)}, args.repeats, "ms/step")
+    overhead = median["framework"] - median["bare"]
     print(f"\n{len(DIMS)} sizes, batch {args.batch_size}, {args.steps} steps x {args.repeats}: framework "
           f"{median['framework']:.2f} ms/step, bare loop {median['bare']:.2f} ms/step, host overhead "
-          f"{median['framework'] - median['bare']:.2f} ms/step")
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "ms_per_step": {
-            k: [t * 1e3 for t in v] for k, v in times.items()}, "median_ms": median,
-            "overhead_ms": median["framework"] - median["bare"], "machine": platform.platform(),
-            "torch": torch.__version__}, indent=2))
+          f"{overhead:.2f} ms/step")
+    write_json(args.json, args, ms_per_step=times, median_ms=median, overhead_ms=overhead)
     return 0
 
 

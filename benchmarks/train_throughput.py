@@ -19,10 +19,7 @@ medians and their ratio are printed (the framework should stay within 5 % of the
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
-import statistics
 import sys
 import tempfile
 import time
@@ -32,6 +29,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
+from benchmarks.common import alternate, write_json  # noqa: E402
 from mrl.data import create_datamodule  # noqa: E402
 from mrl.lightning import MatryoshkaModule  # noqa: E402
 from mrl.optim import create_optimizer  # noqa: E402
@@ -159,24 +157,15 @@ def run_bare(args, dm) -> float:
 def main(argv=None) -> int:
     args = parse_args(argv)
     dm = make_datamodule(args)
-    rates: dict[str, list[float]] = {"framework": [], "bare": []}
-    for repeat in range(args.repeats):  # alternate, so drifts of a shared machine hit both alike
-        for name, run in (("framework", run_framework), ("bare", run_bare)):
-            rates[name].append(run(args, dm))
-            print(f"repeat {repeat + 1}/{args.repeats}  {name:9s}  {rates[name][-1]:7.1f} images/s", flush=True)
-    median = {name: statistics.median(values) for name, values in rates.items()}
+    rates, median = alternate({"framework": lambda: run_framework(args, dm), "bare": lambda: run_bare(args, dm)},
+                              args.repeats, "images/s")
     ratio = median["framework"] / median["bare"]
     setting = f"{args.device}, precision {args.precision}" + ", channels_last" * args.channels_last + \
         ", CIFAR stem" * args.small_input + ", torch.compile" * args.compile
     print(f"\n{args.backbone} ({setting}), batch {args.batch_size}, {args.workers} workers, {args.steps} timed steps x "
           f"{args.repeats}: framework {median['framework']:.1f} images/s, bare loop {median['bare']:.1f} images/s, "
           f"ratio {ratio:.3f} (target >= 0.95)")
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "images_per_s": rates,
-                                         "median": median, "ratio": ratio, "machine": platform.platform(),
-                                         "device": torch.cuda.get_device_name() if args.device == "cuda" else "cpu",
-                                         "torch": torch.__version__, "threads": torch.get_num_threads()}, indent=2))
+    write_json(args.json, args, images_per_s=rates, median=median, ratio=ratio)
     return 0
 
 

@@ -113,7 +113,7 @@ class RunIdentity(L.Callback):
                 "wandb_project": self.wandb_project, "wandb_entity": self.wandb_entity}
 
     def load_state_dict(self, state_dict: dict) -> None:
-        pass  # read before the run is built (stored_identity), when the loggers are created
+        pass  # read before the run is built (RunIdentity.stored), when the loggers are created
 
     @classmethod
     def stored(cls, checkpoint: dict | None) -> dict:

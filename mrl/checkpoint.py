@@ -10,16 +10,18 @@ from mrl.errors import ConfigError
 CHECKPOINT_KEY = "mrl"  # the entry with head type, nesting sizes, classes and data split
 
 
-def read_checkpoint(path: str | Path, field: str = "ckpt_path") -> tuple[dict[str, Any], dict[str, Any]]:
+def read_checkpoint(path: str | Path, field: str = "ckpt_path",
+                    metadata_only: bool = False) -> tuple[dict[str, Any], dict[str, Any]]:
     """``(checkpoint, checkpoint['mrl'])`` of a ``.ckpt`` written by ``scripts/train.py``, or a one-line
-    :class:`ConfigError` naming ``field`` when the file is missing, unreadable or not ours."""
+    :class:`ConfigError` naming ``field`` when the file is missing, unreadable or not ours. ``metadata_only``:
+    the tensors are memory-mapped rather than read (a caller that only wants the run's metadata)."""
     import torch
 
     path = Path(path).expanduser()
     if not path.is_file():
         raise ConfigError(field, f"{path} does not exist", "give the .ckpt written by scripts/train.py")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+        ckpt = torch.load(path, map_location="cpu", weights_only=False, mmap=metadata_only)
     except Exception as err:
         raise ConfigError(field, f"cannot read checkpoint {path} ({type(err).__name__})",
                           "give a checkpoint written by this project") from None

@@ -3,11 +3,12 @@
 * :func:`slurm_job_id`: ``<array job>_<task>`` for an array task, else ``SLURM_JOB_ID``; ``None`` outside
   SLURM. It is the same on every task of a job, on every node, and across a requeue (SLURM keeps the id),
   which is why ``configs/hydra/default.yaml`` names the run directory after it (resolver ``mrl.slurm_or``).
-* :class:`RequeueOnSignal`: SLURM sends ``--signal=USR2@120`` (the sbatch templates; submitit's default)
-  some time before a pre-emption or the time limit. The handler only notes it; at the end of the current
-  training step every rank agrees on it, the state is saved (step checkpoint + ``last.ckpt``), rank 0 runs
-  ``scontrol requeue <job>``, and the run stops with :class:`JobRequeued`. The restarted job resolves the
-  same run directory and resumes from that checkpoint (``resume`` defaults to ``auto`` under SLURM).
+* :class:`RequeueOnSignal`: SLURM sends ``--signal=USR2@120`` (the sbatch templates; submitit's default) some
+  time before a pre-emption or the time limit. The handler only notes it; at the end of the current training
+  step (under DDP, of the next step that is a multiple of ``AGREE_EVERY_N_STEPS``) every rank agrees on it, the
+  state is saved (step checkpoint + ``last.ckpt``), rank 0 runs ``scontrol requeue <job>``, and the run stops
+  with :class:`JobRequeued`. The restarted job resolves the same run directory and resumes from that checkpoint
+  (``resume`` defaults to ``auto`` under SLURM).
 
 Why not Lightning's own handler (``SLURMEnvironment(auto_requeue=True)``): it saves from inside the signal
 handler, i.e. at an arbitrary point of the step (possibly half-way through ``optimizer.step()``, or inside a
@@ -26,9 +27,13 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+
 from mrl.errors import ConfigError
 
 REQUEUE_SIGNALS = ("USR1", "USR2")
+# Under DDP the ranks agree on the signal every this many steps: a collective at every step would make each step
+# wait for the GPU. At most 9 steps late, well inside the grace time of --signal=USR2@120.
+AGREE_EVERY_N_STEPS = 10
 
 
 def slurm_job_id(env: Mapping[str, str] = os.environ) -> str | None:
@@ -45,7 +50,6 @@ def slurm_or(fallback: str) -> str:
     (a timestamp): a run directory that every rank and node of a job, and the job after a requeue, agree on."""
     job = slurm_job_id()
     return f"slurm-{job}" if job else str(fallback)
-
 
 
 def restart_count(env: Mapping[str, str] = os.environ) -> int:
@@ -160,6 +164,8 @@ class RequeueOnSignal(L.Callback):
                            batch_idx: int) -> None:
         received = self.received
         if trainer.world_size > 1:  # one rank may get the signal first: all stop at the same step
+            if trainer.global_step % AGREE_EVERY_N_STEPS:
+                return
             received = trainer.strategy.reduce_boolean_decision(received, all=False)
         if not received:
             return

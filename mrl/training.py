@@ -29,10 +29,10 @@ from mrl.data import create_datamodule
 from mrl.data.datamodules import VALIDATE_ON_TEST_WARNING
 from mrl.errors import ConfigError
 from mrl.lightning import MatryoshkaModule, check_resume_compatible
-from mrl.sync_batchnorm import CPUSyncBatchNorm
 from mrl.loggers import create_loggers, new_wandb_run_id
 from mrl.slurm import (JobRequeued, RequeueOnSignal, apply_process_env, check_allocation, cluster_environment,
                        requeue_signal, restart_count, slurm_job_id)
+from mrl.sync_batchnorm import CPUSyncBatchNorm
 
 
 class TrainingInterrupted(RuntimeError):

@@ -40,6 +40,27 @@ CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
 ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar", ".zip")
 DEFAULT_CACHE_DIR = Path(os.environ.get("MRL_CACHE_DIR", Path.home() / ".cache" / "mrl"))
 
+
+
+def imagenet_transforms(image_size: int) -> tuple[Callable, Callable]:
+    """``(train, eval)`` transforms, ImageNet-normalised: random-resized crop and flip; resize to 8/7 of the size
+    (256 for 224) and centre crop."""
+    train = T.Compose([T.RandomResizedCrop(image_size), T.RandomHorizontalFlip(), T.ToTensor(),
+                       T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+    evaluation = T.Compose([T.Resize(round(image_size * 256 / 224)), T.CenterCrop(image_size), T.ToTensor(),
+                            T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+    return train, evaluation
+
+
+def cifar_transforms(image_size: int) -> tuple[Callable, Callable]:
+    """``(train, eval)`` transforms, CIFAR-normalised: 4-pixel padded random crop and flip; none."""
+    train = T.Compose([T.RandomCrop(image_size, padding=4), T.RandomHorizontalFlip(), T.ToTensor(),
+                       T.Normalize(CIFAR_MEAN, CIFAR_STD)])
+    return train, T.Compose([T.ToTensor(), T.Normalize(CIFAR_MEAN, CIFAR_STD)])
+
+
+TRANSFORMS = {"imagenet": imagenet_transforms, "cifar": cifar_transforms}
+
 VALIDATION_MODES = ("holdout", "none", "test")
 VALIDATE_ON_TEST_WARNING = ("data.validation=test: validation runs on the test split, so validation metrics and the "
                             "'best' checkpoint are chosen on the split whose numbers are reported")
@@ -233,9 +254,9 @@ class DigitsDataModule(ClassificationDataModule):
 
     def __init__(self, image_size: int = 16, val_fraction: float = 0.15, test_fraction: float = 0.15, **kwargs):
         super().__init__(image_size=image_size, **kwargs)
-        _check_fraction("data.test_fraction", test_fraction)
+        check_fraction("data.test_fraction", test_fraction)
         if self.validation == "holdout":
-            _check_fraction("data.val_fraction", val_fraction)
+            check_fraction("data.val_fraction", val_fraction)
             if val_fraction + test_fraction >= 1:
                 raise ConfigError("data.val_fraction", f"plus data.test_fraction is {val_fraction + test_fraction}, "
                                   "leaving nothing to train on", "keep their sum below 1, e.g. 0.15 and 0.15")
@@ -264,12 +285,12 @@ class DigitsDataModule(ClassificationDataModule):
         self.class_names = [str(c) for c in digits.target_names]
 
 
-def _check_fraction(field: str, value: float) -> None:
+def check_fraction(field: str, value: float) -> None:
     if not 0.0 < value < 1.0:
         raise ConfigError(field, f"must be in (0, 1), got {value}", "e.g. 0.1 for a tenth")
 
 
-def _stratified_holdout(targets: list[int], fraction: float, seed: int) -> tuple[list[int], list[int]]:
+def stratified_holdout(targets: list[int], fraction: float, seed: int) -> tuple[list[int], list[int]]:
     import math
 
     from sklearn.model_selection import train_test_split
@@ -305,7 +326,7 @@ class FolderDataModule(ClassificationDataModule):
         # With bad_images=error every file is verified first, so no run dies on one mid-epoch.
         self.verify_images = verify_images or bad_images == "error"
         if self.validation == "holdout":
-            _check_fraction("data.val_fraction", val_fraction)
+            check_fraction("data.val_fraction", val_fraction)
         self.val_fraction = val_fraction if self.validation == "holdout" else 0.0
         self.train_split = train_split or self.train_split
         self.eval_split = eval_split or self.eval_split
@@ -320,13 +341,13 @@ class FolderDataModule(ClassificationDataModule):
             root = extract_archive(root, self.cache_dir)
         return find_split_root(root, (self.train_split, self.eval_split))
 
+    transforms = staticmethod(imagenet_transforms)
+
     def train_transform(self) -> Callable:
-        return T.Compose([T.RandomResizedCrop(self.image_size), T.RandomHorizontalFlip(), T.ToTensor(),
-                          T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+        return self.transforms(self.image_size)[0]
 
     def eval_transform(self) -> Callable:
-        return T.Compose([T.Resize(round(self.image_size / 0.875)), T.CenterCrop(self.image_size), T.ToTensor(),
-                          T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+        return self.transforms(self.image_size)[1]
 
     def _build(self) -> None:
         root = self._resolve_root()
@@ -349,7 +370,7 @@ class FolderDataModule(ClassificationDataModule):
         self.train_eval_set, self.test_set = train_eval, evaluation
         holdout = None
         if self.validation == "holdout":
-            fit_idx, val_idx = _stratified_holdout(list(train.targets), self.val_fraction, self.seed)
+            fit_idx, val_idx = stratified_holdout(list(train.targets), self.val_fraction, self.seed)
             self.train_set, holdout = Subset(train, fit_idx), Subset(train_eval, val_idx)
         else:
             self.train_set = train
@@ -380,10 +401,6 @@ class ImageNetDataModule(FolderDataModule):
                               "set data.root=/path/to/imagenet (holding train/ and val/) or export IMAGENET_DIR")
         return super()._resolve_root()
 
-    def eval_transform(self) -> Callable:
-        return T.Compose([T.Resize(round(self.image_size * 256 / 224)), T.CenterCrop(self.image_size),
-                          T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
-
 
 class CIFARDataModule(FolderDataModule):
     """CIFAR-10/100 from torchvision's download, an ImageFolder root (``train/``, ``test/``) or a
@@ -396,12 +413,7 @@ class CIFARDataModule(FolderDataModule):
         super().__init__(root=root, image_size=image_size, **kwargs)
         self.download = download
 
-    def train_transform(self) -> Callable:
-        return T.Compose([T.RandomCrop(self.image_size, padding=4), T.RandomHorizontalFlip(), T.ToTensor(),
-                          T.Normalize(CIFAR_MEAN, CIFAR_STD)])
-
-    def eval_transform(self) -> Callable:
-        return T.Compose([T.ToTensor(), T.Normalize(CIFAR_MEAN, CIFAR_STD)])
+    transforms = staticmethod(cifar_transforms)
 
     def _is_image_folder_root(self) -> bool:
         """An archive, or a folder that holds (possibly nested) ``train/`` and ``test/`` class folders."""
@@ -499,16 +511,11 @@ class ShardsDataModule(ClassificationDataModule):
     def __init__(self, root: str | None = None, image_size: int = 224, transform: str = "imagenet",
                  shuffle_buffer: int = 5000, eval_split: str | None = None, validation: str = "none", **kwargs):
         super().__init__(image_size=image_size, validation=validation, **kwargs)
-        if transform not in ("imagenet", "cifar"):
-            raise ConfigError("data.transform", f"unknown transform {transform!r}", "choose imagenet or cifar")
+        if transform not in TRANSFORMS:
+            raise ConfigError("data.transform", f"unknown transform {transform!r}", f"choose one of {list(TRANSFORMS)}")
         if shuffle_buffer < 1:
             raise ConfigError("data.shuffle_buffer", f"must be >= 1, got {shuffle_buffer}")
         self.root, self.transform, self.shuffle_buffer, self.eval_split = root, transform, shuffle_buffer, eval_split
-
-    def _transforms(self) -> tuple[Callable, Callable]:
-        if self.transform == "cifar":
-            return CIFARDataModule.train_transform(self), CIFARDataModule.eval_transform(self)
-        return FolderDataModule.train_transform(self), ImageNetDataModule.eval_transform(self)
 
     def _build(self) -> None:
         from mrl.data.shards import EvalShardStream, TrainShardStream, read_meta
@@ -530,7 +537,7 @@ class ShardsDataModule(ClassificationDataModule):
             raise ConfigError("data.validation", f"is holdout but {self.shard_root} has no holdout split",
                               "convert with --holdout-fraction 0.01, or set data.validation=none")
         self.class_names = list(self.meta["classes"])
-        train_transform, eval_transform = self._transforms()
+        train_transform, eval_transform = TRANSFORMS[self.transform](self.image_size)
         self.test_set = EvalShardStream(self.shard_root, self.eval_split, self.meta, eval_transform)
         self.val_set = {"holdout": lambda: EvalShardStream(self.shard_root, "holdout", self.meta, eval_transform),
                         "test": lambda: self.test_set, "none": lambda: None}[self.validation]()
@@ -552,7 +559,9 @@ class ShardsDataModule(ClassificationDataModule):
                                  epoch=lambda: trainer.current_epoch if trainer is not None else stream.epoch)
 
     def eval_dataloader(self, dataset) -> DataLoader:
-        if hasattr(dataset, "urls"):  # a shard stream: it splits itself by rank and worker
+        from mrl.data.shards import EvalShardStream
+
+        if isinstance(dataset, EvalShardStream):  # it splits itself by rank and worker
             dataset.place(*distributed_rank_and_size())
             workers = min(self.num_workers, len(dataset.urls[dataset.rank::dataset.world]))
             return DataLoader(dataset, batch_size=self.eval_batch_size, num_workers=workers, pin_memory=self.pin_memory)

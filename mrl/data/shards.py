@@ -67,17 +67,14 @@ def write_shards(splits: dict[str, list[tuple[str, int]]], class_names: list[str
             random.Random(seed).shuffle(order)
             folder = tmp / split
             folder.mkdir(parents=True)
-            counts: list[int] = []
             # ustar, whole-second mtime: no PAX header per member, which doubles the header parsing of every read
             with wds.ShardWriter(str(folder / f"{split}-%06d.tar"), maxcount=samples_per_shard, verbose=0,
                                  mtime=0, format=tarfile.USTAR_FORMAT) as sink:
                 for index, (path, label) in enumerate(order):
                     suffix = Path(path).suffix.lower().lstrip(".") or "jpg"
                     sink.write({"__key__": f"{index:09d}", "img." + suffix: Path(path).read_bytes(), "cls": label})
-                    if index % samples_per_shard == 0:
-                        counts.append(0)
-                    counts[-1] += 1
             names = sorted(p.name for p in folder.glob("*.tar"))
+            counts = [min(samples_per_shard, len(order) - start) for start in range(0, len(order), samples_per_shard)]
             assert len(names) == len(counts), (names, counts)
             meta["splits"][split] = {"num_samples": len(order), "shards": names, "samples": counts}
         (tmp / META_FILE).write_text(json.dumps(meta, indent=1))
@@ -224,7 +221,6 @@ class TrainShardStream(IterableDataset):
         worker, workers = _worker()
         stream, shards, skip, count = self.worker_plan(worker, workers)
         stream_seed = random.Random(f"{self.seed}-{self.epoch}-{self.rank}-{stream}").getrandbits(62)
-
         rng = random.Random(stream_seed)
 
         def passes() -> Iterator[dict[str, Any]]:
@@ -245,7 +241,6 @@ class TrainShardStream(IterableDataset):
             yield item  # outside the seeded block: the consumer runs on its own random streams
 
 
-
 def convert_image_folder(src: str | Path, out: str | Path, samples_per_shard: int = 1000,
                          holdout_fraction: float = 0.0, seed: int = 0, cache_dir: str | Path | None = None,
                          bad_images: str = "skip") -> dict[str, Any]:
@@ -253,7 +248,7 @@ def convert_image_folder(src: str | Path, out: str | Path, samples_per_shard: in
 
     ``holdout_fraction > 0`` moves a class-stratified part of train, drawn with ``seed``, into a ``holdout``
     split (``data.validation=holdout`` validates on it), as the ImageFolder DataModules do at load time."""
-    from mrl.data.datamodules import ARCHIVE_SUFFIXES, DEFAULT_CACHE_DIR, _check_fraction, _stratified_holdout
+    from mrl.data.datamodules import ARCHIVE_SUFFIXES, DEFAULT_CACHE_DIR, check_fraction, stratified_holdout
     from mrl.data.image_folder import check_same_classes, extract_archive, find_split_root, scan_image_folder
 
     src = Path(str(src)).expanduser()
@@ -261,17 +256,21 @@ def convert_image_folder(src: str | Path, out: str | Path, samples_per_shard: in
         src = extract_archive(src, cache_dir or DEFAULT_CACHE_DIR, field="--src")
     if not src.is_dir():
         raise ConfigError("--src", f"{src} is neither a folder nor an archive", "give an ImageFolder root")
-    eval_split = next((s for s in ("val", "test") if any(p.is_dir() for p in src.rglob(s))), None)
-    if eval_split is None:
-        raise ConfigError("--src", f"no val/ or test/ folder under {src}", "expected <src>/train/<class>/<image> and "
-                          "<src>/val/<class>/<image> (or test/)")
-    root = find_split_root(src, ("train", eval_split), field="--src")
+    for eval_split in ("val", "test"):
+        try:
+            root = find_split_root(src, ("train", eval_split), field="--src")
+            break
+        except ConfigError:
+            continue
+    else:
+        raise ConfigError("--src", f"no val/ or test/ folder beside a train/ folder under {src}",
+                          "expected <src>/train/<class>/<image> and <src>/val/<class>/<image> (or test/)")
     classes, train = scan_image_folder(root / "train", "--src", bad_images=bad_images, verify=False)
     eval_classes, evaluation = scan_image_folder(root / eval_split, "--src", bad_images=bad_images, verify=False)
     check_same_classes(classes, eval_classes, "train/", f"{eval_split}/")
     splits = {"train": train, eval_split: evaluation}
     if holdout_fraction:
-        _check_fraction("--holdout-fraction", holdout_fraction)
-        kept, held = _stratified_holdout([label for _, label in train], holdout_fraction, seed)
+        check_fraction("--holdout-fraction", holdout_fraction)
+        kept, held = stratified_holdout([label for _, label in train], holdout_fraction, seed)
         splits.update(train=[train[i] for i in kept], holdout=[train[i] for i in held])
     return write_shards(splits, classes, out, samples_per_shard=samples_per_shard, seed=seed)

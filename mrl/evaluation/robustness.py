@@ -14,7 +14,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -99,9 +98,9 @@ def robustness_class_mask(dataset_name: str, checkpoint_class_names: Sequence[st
 
 def imagenet_eval_transform(image_size: int = 224) -> Callable:
     """The ImageNet evaluation transform of :class:`mrl.data.ImageNetDataModule` (resize, center crop)."""
-    from mrl.data.datamodules import ImageNetDataModule
+    from mrl.data.datamodules import imagenet_transforms
 
-    return ImageNetDataModule.eval_transform(SimpleNamespace(image_size=int(image_size)))
+    return imagenet_transforms(int(image_size))[1]
 
 
 class RobustnessSet(Dataset):

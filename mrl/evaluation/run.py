@@ -713,7 +713,7 @@ def _log_to_training_run(tables: Mapping[str, list[dict]], ckpt_path: Path, mode
     from mrl.loggers import resolve_wandb_mode
 
     mode = resolve_wandb_mode(mode)
-    identity = RunIdentity.stored(read_checkpoint(ckpt_path)[0]) if mode != "disabled" else {}
+    identity = RunIdentity.stored(read_checkpoint(ckpt_path, metadata_only=True)[0]) if mode != "disabled" else {}
     if not identity.get("wandb_run_id"):
         return
     import wandb
