@@ -255,7 +255,8 @@ def convert_image_folder(src: str | Path, out: str | Path, samples_per_shard: in
     if src.is_file() and src.name.endswith(ARCHIVE_SUFFIXES):
         src = extract_archive(src, cache_dir or DEFAULT_CACHE_DIR, field="--src")
     if not src.is_dir():
-        raise ConfigError("--src", f"{src} is neither a folder nor an archive", "give an ImageFolder root")
+        what = "does not exist" if not src.exists() else "is neither a folder nor an archive"
+        raise ConfigError("--src", f"{src} {what}", "give an ImageFolder root or an archive of one")
     for eval_split in ("val", "test"):
         try:
             root = find_split_root(src, ("train", eval_split), field="--src")
