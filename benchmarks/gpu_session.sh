@@ -2,14 +2,16 @@
 # Everything this project measures on one lent GPU, in one command with a fixed time budget:
 #   1. train throughput, framework against a bare loop (benchmarks/train_throughput.py): bf16 autocast,
 #      channels_last, CIFAR stem, batch 512; eager, then with torch.compile on both sides;
-#   2. DDP on one GPU (trainer=ddp, NCCL): a short CIFAR-10 run through scripts/train.py, tested;
-#   3. the CIFAR-10 study on the GPU (scripts/cifar10_study_gpu.sh), two drivers sharing the card, until the
+#   2. ResNet-50 at ImageNet scale (benchmarks/model_throughput.py): 224 px, batch 256, synthetic data on the device,
+#      bf16 + channels_last, MRL and FF-2048 heads, eager and with torch.compile;
+#   3. DDP on one GPU (trainer=ddp, NCCL): a short CIFAR-10 run through scripts/train.py, tested;
+#   4. the CIFAR-10 study on the GPU (scripts/cifar10_study_gpu.sh), two drivers sharing the card, until the
 #      deadline; every model finished by then lands in $OUT/cifar10_gpu_runs.tar.gz (refreshed as models finish).
 #
 #   CIFAR10=/path/cifar10-jpeg.tar.gz OUT=/path/out BUDGET_S=560 benchmarks/gpu_session.sh
-# PARTS="throughput ddp study" picks the parts (a later session that only adds study models: PARTS=study).
+# PARTS="throughput resnet50 ddp study" picks the parts (a later session that only adds study models: PARTS=study).
 # Each part runs on even when an earlier one failed; the exit status is non-zero when any part failed.
-# Results: $OUT/session.log, $OUT/throughput_*.json, $OUT/cifar10_gpu_runs.tar.gz (unpack into results/cifar10_gpu).
+# Results: $OUT/session.log, $OUT/throughput_*.json, $OUT/model_throughput_gpu_resnet50.json, $OUT/cifar10_gpu_runs.tar.gz (unpack into results/cifar10_gpu).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 : "${CIFAR10:?set CIFAR10 to the CIFAR-10 archive}"
@@ -19,7 +21,7 @@ PY=${PY:-python3}
 WORKERS=${WORKERS:-12}
 STUDY_MODELS=${STUDY_MODELS:-"mrl ff512 mrle ff8 ff64 ff2 ff32 ff128 ff1 ff4 ff16 ff256"}
 STUDY_DRIVERS=${STUDY_DRIVERS:-2}
-PARTS=" ${PARTS:-throughput ddp study} "
+PARTS=" ${PARTS:-throughput resnet50 ddp study} "
 export PY EPOCHS=${EPOCHS:-20} PYTHONUNBUFFERED=1 WANDB_MODE=offline HF_HUB_OFFLINE=1
 mkdir -p "$OUT"
 exec > >(tee -a "$OUT/session.log") 2>&1
@@ -41,6 +43,9 @@ BENCH=(--root "$CIFAR10" --device cuda --precision bf16 --channels-last --small-
   --json "$OUT/throughput_gpu_bf16.json"
 [[ $PARTS == *" throughput "* ]] && part throughput_compile 120 "$PY" benchmarks/train_throughput.py "${BENCH[@]}" --repeats 1 --compile \
   --json "$OUT/throughput_gpu_bf16_compile.json"
+[[ $PARTS == *" resnet50 "* ]] && part resnet50_throughput 210 "$PY" benchmarks/model_throughput.py --device cuda \
+  --precision bf16 --channels-last --compile --heads mrl,ff --batch-size 256 --warmup 10 --steps 30 --repeats 3 \
+  --json "$OUT/model_throughput_gpu_resnet50.json"
 [[ $PARTS == *" ddp "* ]] && part ddp_one_gpu 90 "$PY" scripts/train.py +experiment=cifar10_resnet18 "data.root=$CIFAR10" data.verify_images=false \
   trainer=ddp trainer.devices=1 model.backbone.small_input=true model.channels_last=true data.batch_size=512 \
   "data.num_workers=$WORKERS" trainer.max_epochs=1 logger=csv hydra.run.dir=logs/ddp_one_gpu
