@@ -62,6 +62,7 @@ class MatryoshkaModule(L.LightningModule):
         self.channels_last = channels_last
         self.accuracy = {stage: SizeAccuracy(self.nesting_dims) for stage in ("val", "test")}
         self.results: dict[str, dict[str, float]] = {}
+        self._first_non_finite: torch.Tensor | None = None  # see _record_first_non_finite
         if channels_last:
             self.model.to(memory_format=torch.channels_last)
         if compile:
@@ -92,9 +93,10 @@ class MatryoshkaModule(L.LightningModule):
         x, y = batch
         per_size = self.criterion.per_size(self(x), y)
         loss = (per_size * self.criterion.weights).sum()
-        self._stop_if_not_finite(loss, per_size)
+        self._record_first_non_finite(loss, per_size)
         self.log("train/loss", loss, prog_bar=True, batch_size=y.numel())
         if self._writes_step_metrics():
+            self._stop_if_not_finite()
             self.log_dict({f"train/loss@{m}": value for m, value in zip(self.nesting_dims, per_size.detach())},
                           batch_size=y.numel())
         return loss
@@ -106,16 +108,40 @@ class MatryoshkaModule(L.LightningModule):
         connector = getattr(self._trainer, "_logger_connector", None)
         return connector is None or bool(connector.should_update_logs)
 
-    def _stop_if_not_finite(self, loss: torch.Tensor, per_size: torch.Tensor) -> None:
-        """Stop at the first non-finite loss, on every rank at once (a lone rank raising would leave
-        the others waiting in the gradient all-reduce)."""
-        finite = bool(torch.isfinite(loss))
+    def _record_first_non_finite(self, loss: torch.Tensor, per_size: torch.Tensor) -> None:
+        """Keep, on the device, the epoch, step and per-size losses of the first non-finite loss. Reading the
+        loss on the host every step would make the CPU wait for the GPU each step, so that it cannot queue the
+        next one (on an H200 that cost the framework several percent of a bare loop's images/s); the flag is
+        read at the checks of :meth:`_stop_if_not_finite` instead."""
+        if self._first_non_finite is None or self._first_non_finite.device != loss.device:
+            self._first_non_finite = torch.full((2 + per_size.numel(),), -1.0, device=loss.device)
+        record = self._first_non_finite
+        new = ~torch.isfinite(loss.detach()) & (record[0] < 0)
+        # Python numbers enter as kernel arguments: no host-to-device copy, which would wait for the stream.
+        record[0] = torch.where(new, self.current_epoch, record[0])
+        record[1] = torch.where(new, self.global_step, record[1])
+        record[2:] = torch.where(new, per_size.detach().to(record.dtype), record[2:])
+
+    def _stop_if_not_finite(self) -> None:
+        """Raise if any loss so far was non-finite, on every rank at once (a lone rank raising would leave the
+        others waiting in a collective). Called on the steps whose metrics reach the loggers, before every
+        checkpoint (a diverged model is never saved) and when training ends, so every rank calls it at the
+        same points; the error names the first non-finite step."""
+        record = self._first_non_finite
+        finite = record is None or bool(record[0] < 0)
         if self._trainer is not None and self.trainer.world_size > 1:
             finite = self.trainer.strategy.reduce_boolean_decision(finite, all=True)
-        if not finite:
-            sizes = ", ".join(f"@{m}: {float(v):.4g}" for m, v in zip(self.nesting_dims, per_size.detach()))
-            where = f"epoch {self.current_epoch}, step {self.global_step}" if self._trainer is not None else "training"
-            raise NonFiniteLossError(f"train/loss is not finite at {where} (per size {sizes})")
+        if finite:
+            return
+        if record is None or record[0] < 0:
+            raise NonFiniteLossError("train/loss is not finite on another rank")
+        epoch, step, *per_size = record.tolist()
+        sizes = ", ".join(f"@{m}: {v:.4g}" for m, v in zip(self.nesting_dims, per_size))
+        raise NonFiniteLossError(f"train/loss is not finite at epoch {int(epoch)}, step {int(step)} "
+                                 f"(per size {sizes})")
+
+    def on_train_end(self) -> None:
+        self._stop_if_not_finite()
 
     def _eval_step(self, stage: str, batch) -> None:
         x, y = batch
@@ -186,6 +212,8 @@ class MatryoshkaModule(L.LightningModule):
         return {"embeddings": z, "logits": self.model.head(z), "labels": y}
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if self._trainer is not None and self.trainer.state.fn == "fit":  # also the checkpoints after validation
+            self._stop_if_not_finite()
         datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
         split = datamodule.split_signature() if hasattr(datamodule, "split_signature") else None
         checkpoint[CHECKPOINT_KEY] = {"head": self.head_type, "nesting_dims": list(self.nesting_dims),

@@ -50,16 +50,11 @@ committed() { [[ -f $RESULTS_DIR/runs/$1/DONE ]]; }
 train_model() {
   local name=$1 dir=$STUDY_DIR/$1
   if committed "$name" || [[ -f $dir/metrics_by_dim.csv ]]; then echo "skip training $name (done)"; return; fi
-  # One process per run directory: a second driver (a stray one from an earlier start) skips it.
-  mkdir -p "$STUDY_DIR"
-  exec 9>"$STUDY_DIR/.$name.lock"
-  if ! flock -n 9; then echo "skip training $name (another process is training it)"; exec 9>&-; return; fi
   echo "train $name ($(date -u +%H:%M))"
   # shellcheck disable=SC2046
   "$PY" scripts/train.py +experiment=cifar10_resnet18_study "data.root=$CIFAR10" data.verify_images=false logger=csv \
     resume=auto callbacks.checkpoint.every_n_train_steps=100 "hydra.run.dir=$dir" $(head_overrides "$name") \
-    "${EXTRA[@]}"  # the trainer inherits the lock: it stays held while it runs, even if this driver is killed
-  exec 9>&-
+    "${EXTRA[@]}"  # the trainer inherits the lock (see locked): it stays held while it runs, even if this driver is killed
 }
 
 evaluate_model() {
@@ -102,10 +97,25 @@ collect_model() {  # the small outputs of a finished model into results, committ
   fi
 }
 
+locked() {  # locked NAME PART COMMAND...: COMMAND NAME while holding NAME's PART lock (train | eval), or skip it
+  # One process per model and part: drivers running side by side (a trainer and evaluators on a GPU, or a stray
+  # driver from an earlier start) split the models between them. The lock stays held by the processes started.
+  local name=$1 part=$2; shift 2
+  mkdir -p "$STUDY_DIR"
+  exec 9>"$STUDY_DIR/.$name.$part.lock"
+  if flock -n 9; then "$@" "$name"; else echo "skip $part $name (another process holds it)"; fi
+  exec 9>&-
+}
+
+evaluate_and_collect() {  # under one lock, so that no driver collects a model another is still evaluating
+  [[ " $STAGES " == *" eval "* ]] && evaluate_model "$1"
+  [[ " $STAGES " == *" collect "* ]] && collect_model "$1"
+  return 0
+}
+
 for name in $MODELS; do
-  [[ " $STAGES " == *" train "* ]] && train_model "$name"
-  [[ " $STAGES " == *" eval "* ]] && evaluate_model "$name"
-  [[ " $STAGES " == *" collect "* ]] && collect_model "$name"
+  [[ " $STAGES " == *" train "* ]] && locked "$name" train train_model
+  [[ " $STAGES " == *" eval "* || " $STAGES " == *" collect "* ]] && locked "$name" eval evaluate_and_collect
 done
 if [[ " $STAGES " == *" report "* ]]; then
   "$PY" scripts/report.py --dir "$RESULTS_DIR/runs" --out "$RESULTS_DIR"

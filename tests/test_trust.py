@@ -367,6 +367,29 @@ def test_a_diverging_loss_stops_the_run_without_a_table(tmp_path):
     assert not (run / "metrics_by_dim.csv").exists()
 
 
+def test_a_non_finite_loss_is_named_by_its_first_step_and_never_checkpointed(tmp_path):
+    """The loss is read on the host only at the logging steps and before each save (a read every step makes
+    the CPU wait for the GPU): a NaN entering at step 3 stops the run at the step-4 checkpoint, not later,
+    with the error naming step 3, and the diverged weights are not saved."""
+    import lightning as L
+
+    from mrl.lightning import MatryoshkaModule, NonFiniteLossError
+
+    torch.manual_seed(0)
+    x, y = torch.randn(64, 1, 4, 4), torch.randint(0, 3, (64,))
+    x[24:32] = float("nan")  # batch 3 of 8-image batches
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=8)
+    module = MatryoshkaModule(backbone={"name": "mlp", "in_chans": 1, "image_size": 4, "hidden_dim": 8},
+                              num_classes=3, nesting_dims=[2, 4, 8])
+    saves = L.pytorch.callbacks.ModelCheckpoint(tmp_path, "{step}", every_n_train_steps=2, save_top_k=-1)
+    trainer = L.Trainer(accelerator="cpu", max_epochs=1, log_every_n_steps=50, logger=False,
+                        enable_progress_bar=False, enable_model_summary=False, callbacks=[saves])
+    with pytest.raises(NonFiniteLossError, match=r"not finite at epoch 0, step 3 \(per size @2: nan, @4: nan"):
+        trainer.fit(module, loader)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["step=2.ckpt"]  # the step-4 save was refused
+    assert trainer.global_step == 4
+
+
 def test_a_monitor_that_is_never_logged_is_refused_before_training(make_cfg, tmp_path):
     with pytest.raises(ConfigError, match=r"callbacks.checkpoint.monitor: 'val/acc' is never logged; choose one of "
                                           r"val/top1@256"):
