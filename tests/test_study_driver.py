@@ -7,7 +7,6 @@ from __future__ import annotations
 import os
 import stat
 import subprocess
-import textwrap
 from collections import Counter
 from pathlib import Path
 
@@ -39,7 +38,8 @@ def fake_env(tmp_path: Path) -> dict[str, str]:
     smi.write_text("#!/bin/sh\necho fake GPU\n")
     for exe in (python, smi):
         exe.chmod(exe.stat().st_mode | stat.S_IEXEC)
-    return {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "PY": str(python), "CALLS": str(tmp_path / "calls"),
+    return {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "PY": str(python),
+            "CALLS": str(tmp_path / "calls"),
             "CIFAR10": "/nonexistent/cifar10.tar.gz", "STUDY_DIR": str(tmp_path / "study"),
             "RESULTS_DIR": str(tmp_path / "results"), "MODELS": " ".join(MODELS), "COMMIT": "0"}
 
@@ -74,15 +74,17 @@ def test_two_drivers_side_by_side_split_the_models_and_a_rerun_skips_the_collect
 
 def test_the_gpu_session_study_trains_in_one_process_and_evaluates_beside_it(tmp_path):
     env = fake_env(tmp_path)
-    env.update(PARTS="study", BUDGET_S="100", EVAL_DRIVERS="2", STUDY_MODELS=" ".join(MODELS), OUT=str(tmp_path / "out"))
+    env.update(PARTS="study", BUDGET_S="100", EVAL_DRIVERS="2", STUDY_MODELS=" ".join(MODELS),
+               OUT=str(tmp_path / "out"))
     proc = subprocess.run([str(PROJECT_ROOT / "benchmarks" / "gpu_session.sh")], cwd=PROJECT_ROOT, env=env,
                           capture_output=True, text=True, timeout=150)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
     assert_each_model_done_once(tmp_path)
     trainer_log = (tmp_path / "out" / "study_trainer.log").read_text()
     assert [line.split()[1] for line in trainer_log.splitlines() if line.startswith("train ")] == MODELS
-    evaluated = [line.split()[1] for i in (1, 2) for line in
-                 (tmp_path / "out" / f"study_evaluator{i}.log").read_text().splitlines() if line.startswith("evaluate ")]
+    evaluator_lines = [line for i in (1, 2)
+                       for line in (tmp_path / "out" / f"study_evaluator{i}.log").read_text().splitlines()]
+    evaluated = [line.split()[1] for line in evaluator_lines if line.startswith("evaluate ")]
     assert sorted(evaluated) == sorted(MODELS)
     listing = subprocess.run(["tar", "tzf", str(tmp_path / "out" / "cifar10_gpu_runs.tar.gz")], capture_output=True,
                              text=True, check=True).stdout.split()
