@@ -27,7 +27,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from mrl.backbones import create_backbone  # noqa: E402
+from mrl.encoders.image import create_backbone  # noqa: E402
 from mrl.heads import MatryoshkaHead, TiedMatryoshkaHead  # noqa: E402
 from mrl.losses import MatryoshkaLoss  # noqa: E402
 from mrl.nesting import resolve_nesting_dims  # noqa: E402

@@ -9,7 +9,7 @@ Plain Python API (no Hydra needed)::
 """
 
 import mrl.resolvers  # noqa: F401  (the configs' ${mrl.*} resolvers)
-from mrl.backbones import Backbone, create_backbone
+from mrl.encoders import Backbone, create_backbone
 from mrl.errors import ConfigError
 from mrl.heads import HEADS, FixedFeatureHead, MatryoshkaHead, TiedMatryoshkaHead, create_head
 from mrl.losses import MatryoshkaLoss

@@ -9,7 +9,7 @@ import lightning as L
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 
-from mrl.reporting import markdown_table, rows_by_dim, write_metrics_by_dim
+from mrl.report.run_tables import markdown_table, rows_by_dim, write_metrics_by_dim
 
 
 def log_size_table(run, prefix: str, rows: list[dict], x: str, columns: list[str]) -> None:

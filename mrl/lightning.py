@@ -27,7 +27,7 @@ class MatryoshkaModule(L.LightningModule):
     ``MatryoshkaModule.load_from_checkpoint(path)`` rebuilds the model without Hydra.
 
     Args:
-        backbone: arguments of :func:`mrl.backbones.create_backbone` (``name``, ``pretrained``, ...).
+        backbone: arguments of :func:`mrl.encoders.image.create_backbone` (``name``, ``pretrained``, ...).
         head: ``mrl``, ``mrle`` or ``ff``.
         nesting_dims: ``"auto"`` or a strictly increasing list of sizes.
         loss_weights: per-size weights of the loss (``None``: all ones).

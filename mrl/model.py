@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from mrl.backbones import Backbone, create_backbone
+from mrl.encoders.image import Backbone, create_backbone
 from mrl.heads import create_head
 from mrl.nesting import resolve_nesting_dims
 

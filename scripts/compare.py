@@ -18,9 +18,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from mrl.compare import collect_wandb, push_comparison, write_comparison  # noqa: E402
+from mrl.report.compare import collect_wandb, push_comparison, write_comparison  # noqa: E402
 from mrl.errors import ConfigError  # noqa: E402
-from mrl.study_report import collect_runs  # noqa: E402
+from mrl.report.study import collect_runs  # noqa: E402
 
 
 def main(argv=None) -> int:

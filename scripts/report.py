@@ -1,7 +1,7 @@
 """Collect a study, or a single run, into comparison tables and plots:
 ``python scripts/report.py --dir logs/cifar10_study --out results/cifar10 [--title ...] [--paper DIR]``.
 
-Thin wrapper over :mod:`mrl.study_report`. ``--dir`` is a study folder (one run directory per model: ``mrl``,
+Thin wrapper over :mod:`mrl.report.study`. ``--dir`` is a study folder (one run directory per model: ``mrl``,
 ``mrle``, ``ff<k>``, and seed replicas ``<model>-seed<s>``, averaged with their std in every table) or one run
 directory (``scripts/train.py``'s output, optionally with ``embeddings/`` and ``eval/`` inside); which one is
 detected. Writes ``<out>/``: ``top1_by_size``, ``knn_top1_by_size``, ``map10_by_size``, ``retrieval_by_size``,
@@ -19,7 +19,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 from mrl.errors import ConfigError  # noqa: E402
-from mrl.study_report import DEFAULT_PAPER_DIR, collect, write_report  # noqa: E402
+from mrl.report.study import DEFAULT_PAPER_DIR, collect, write_report  # noqa: E402
 
 
 def main(argv=None) -> int:

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from mrl.backbones import create_backbone
+from mrl.encoders.image import create_backbone
 from mrl.errors import ConfigError
 
 

@@ -309,7 +309,7 @@ def plot_adaptive_classification(rows: Sequence[Mapping[str, Any]], fixed_rows: 
     (:func:`fixed_size_accuracy`) or ``(dim, accuracy)`` pairs. ``oracle=True`` adds the oracle curve.
     The x axis is log2. Returns ``path``.
     """
-    from mrl.reporting import new_figure, save_figure
+    from mrl.report.run_tables import new_figure, save_figure
 
     def pair(r):
         return (r["dim"], r["accuracy"]) if isinstance(r, Mapping) else (r[0], r[1])

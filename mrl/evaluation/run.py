@@ -41,7 +41,7 @@ import numpy as np
 from mrl.errors import ConfigError
 from mrl.evaluation.retrieval import _check_int, _check_ks, check_search_settings
 from mrl.nesting import MIN_AUTO_DIM
-from mrl.reporting import atomic_write_text, new_figure, save_figure, write_table
+from mrl.report.run_tables import atomic_write_text, new_figure, save_figure, write_table
 
 log = logging.getLogger(__name__)
 

@@ -1,11 +1,11 @@
 """Compare runs across sizes: MRL vs MRL-E vs FF-k, from local run folders or from a W&B group: the library behind
 ``scripts/compare.py``.
 
-* :func:`collect_wandb`: the runs of a W&B group (online) as a :class:`~mrl.study_report.Study`: each run's head,
+* :func:`collect_wandb`: the runs of a W&B group (online) as a :class:`~mrl.report.study.Study`: each run's head,
   sizes and seed from its config, its test top-1 per size from its summary (``test/top1@<m>``, written by
   training), its mAP@k where it has ``eval/retrieval/map@<k>@<m>`` fields (added by ``scripts/eval.py``).
-* Local run folders are read by :func:`mrl.study_report.collect_runs`.
-* :func:`write_comparison`: ``comparison.{csv,md,json,png}`` (:func:`~mrl.study_report.comparison_table`: one
+* Local run folders are read by :func:`mrl.report.study.collect_runs`.
+* :func:`write_comparison`: ``comparison.{csv,md,json,png}`` (:func:`~mrl.report.study.comparison_table`: one
   table, and one plot with a panel per metric).
 * :func:`push_comparison`: the table and a line plot per metric logged to a run of the group (``job_type=compare``),
   so the comparison sits in the group's W&B workspace as a panel.
@@ -19,7 +19,7 @@ from typing import Any
 
 from mrl.embeddings import HEAD_TYPES
 from mrl.errors import ConfigError
-from mrl.study_report import (DEFAULT_SEED, Model, Study, Table, _get, _int_list, _summarise, add_replica,
+from mrl.report.study import (DEFAULT_SEED, Model, Study, Table, _get, _int_list, _summarise, add_replica,
                               comparison_table, plot_comparison, write_report_table)
 
 

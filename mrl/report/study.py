@@ -20,7 +20,7 @@ the spread of the two sides.
 
 ::
 
-    from mrl.study_report import collect, write_report
+    from mrl.report.study import collect, write_report
     study = collect("logs/cifar10_study")          # or one run: collect("logs/cifar10_study/mrl")
     write_report(study, "results/cifar10", title="CIFAR-10, ResNet-18")
 
@@ -46,7 +46,7 @@ from typing import Any
 
 from mrl.errors import ConfigError
 from mrl.embeddings import HEAD_TYPES, read_meta
-from mrl.reporting import atomic_write_text, new_figure, new_panels, save_figure
+from mrl.report.run_tables import atomic_write_text, new_figure, new_panels, save_figure
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_PAPER_DIR = PROJECT_ROOT / "results" / "paper_reference"
@@ -1476,7 +1476,7 @@ def findings_markdown(tables: Mapping[str, Table], k: int = 10, tolerance: float
     (:meth:`Study.seeds`), listed when given."""
     top1, mapk = tables["top1_by_size"], tables[f"map{k}_by_size"]
     out = ["# The paper's claims, checked on this study's numbers", "",
-           "Computed by `mrl.study_report.findings_markdown` from the tables of this folder; all in % and "
+           "Computed by `mrl.report.study.findings_markdown` from the tables of this folder; all in % and "
            "percentage points.", "",
            ("**How a difference is judged.** Every number is the mean over the seeds a model was trained with "
             "(`mean ± std (n)`: the sample standard deviation over n seeds). The spread of a difference of two means "

@@ -1,0 +1,1 @@
+"""Reports: per-run tables and plots, the study report, and comparisons across runs."""
