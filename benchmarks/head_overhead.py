@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 from mrl.encoders.image import create_backbone  # noqa: E402
 from mrl.heads import MatryoshkaHead, TiedMatryoshkaHead  # noqa: E402
-from mrl.losses import MatryoshkaLoss  # noqa: E402
+from mrl.losses import CrossEntropy, MatryoshkaLoss  # noqa: E402
 from mrl.nesting import resolve_nesting_dims  # noqa: E402
 
 TARGETS = {"mrl": 0.03, "mrle": 0.015}  # allowed slowdown over plain on ResNet-50
@@ -97,7 +97,7 @@ def make_step(variant: str, backbone: nn.Module, width: int, dims: list[int], nu
         criterion: Callable = lambda logits, target: F.cross_entropy(logits.float(), target)  # noqa: E731
     else:
         head = (MatryoshkaHead if variant == "mrl" else TiedMatryoshkaHead)(dims, num_classes)
-        criterion = MatryoshkaLoss([1.0] * len(dims)).to(x.device)
+        criterion = MatryoshkaLoss(CrossEntropy(), [1.0] * len(dims)).to(x.device)
     model = Classifier(copy.deepcopy(backbone), head).to(x.device).train()
     if args.channels_last:
         model = model.to(memory_format=torch.channels_last)

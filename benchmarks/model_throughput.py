@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 from benchmarks.common import alternate, write_json  # noqa: E402
 from mrl import create_model  # noqa: E402
-from mrl.losses import MatryoshkaLoss  # noqa: E402
+from mrl.losses import CrossEntropy, MatryoshkaLoss  # noqa: E402
 from mrl.optim import create_optimizer  # noqa: E402
 
 
@@ -65,7 +65,7 @@ def train_rate(args, head: str, compiled: bool) -> float:
                          nesting_dims=[2048] if head == "ff" else "auto")
     memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
     model = model.to(args.device, memory_format=memory_format).train()
-    criterion = MatryoshkaLoss([1.0] * len(model.nesting_dims), label_smoothing=0.1).to(args.device)
+    criterion = MatryoshkaLoss(CrossEntropy(0.1), [1.0] * len(model.nesting_dims)).to(args.device)
     optimizer = create_optimizer(model, lr=0.1, weight_decay=1e-4)
     network = torch.compile(model) if compiled else model
     x = torch.randn(args.batch_size, 3, args.image_size, args.image_size, device=args.device)

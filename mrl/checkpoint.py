@@ -1,9 +1,11 @@
-"""Reading the project's checkpoints without importing Lightning (evaluators stay light)."""
+"""The project's one checkpoint API: :func:`read_checkpoint` (validated raw contents and metadata),
+:func:`load_head` (the head alone, for the evaluators: no encoder, no Lightning) and :func:`load_model` (the
+whole model, for embedding and robustness)."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from mrl.errors import ConfigError
 
@@ -30,3 +32,82 @@ def read_checkpoint(path: str | Path, field: str = "ckpt_path",
         raise ConfigError(field, f"{path} is not an mrl checkpoint (no '{CHECKPOINT_KEY}' or 'state_dict' entry)",
                           "give a checkpoint written by scripts/train.py")
     return ckpt, meta
+
+
+class LoadedHead(NamedTuple):
+    """What :func:`load_head` returns: the head module with the checkpoint's Matryoshka metadata."""
+
+    head_type: str
+    nesting_dims: list[int]
+    head: Any  # a module of mrl.heads (MatryoshkaHead, TiedMatryoshkaHead, FixedFeatureHead), weights loaded
+    meta: dict[str, Any]
+
+
+class LoadedModel(NamedTuple):
+    """What :func:`load_model` returns: the LightningModule (``module.model`` is the network: encoder + head,
+    ``module.model.head`` the head) and the checkpoint's Matryoshka metadata (head, nesting_dims, num_classes,
+    class_names, width, backbone, data_split)."""
+
+    module: Any
+    meta: dict[str, Any]
+
+
+HEAD_STATE_PREFIX = "model.head."
+
+
+def check_head_type(expected: str | None, actual: str, source: str = "the checkpoint") -> None:
+    """``ConfigError('head', ...)`` when the user asked for head ``expected`` but ``source`` has ``actual``."""
+    from mrl.heads import HEADS
+
+    if expected is None:
+        return
+    if expected not in HEADS:
+        raise ConfigError("head", f"unknown head type {expected!r}", f"choose one of {sorted(HEADS)} or null")
+    if expected != actual:
+        raise ConfigError("head", f"{source} is a checkpoint of another head type than asked: "
+                          f"it has head '{actual}', the config asks for '{expected}'",
+                          f"set head={actual} (or head=null to accept the checkpoint's), or give a '{expected}' "
+                          "checkpoint")
+
+
+def load_head(path: str | Path, expected_head: str | None = None, field: str = "ckpt_path") -> LoadedHead:
+    """The head of a checkpoint written by ``scripts/train.py``, rebuilt from its metadata with its weights
+    (float32, CPU, eval mode), without building the encoder: what the evaluators need."""
+    import torch
+
+    from mrl.heads import create_head
+
+    ckpt, meta = read_checkpoint(path, field)
+    path = Path(path).expanduser()
+    state = {k[len(HEAD_STATE_PREFIX):]: v.detach().float().cpu()
+             for k, v in ckpt["state_dict"].items() if k.startswith(HEAD_STATE_PREFIX)}
+    if not state:
+        raise ConfigError(field, f"{path} holds no head weights ('{HEAD_STATE_PREFIX}*')",
+                          "give a checkpoint written by scripts/train.py")
+    check_head_type(expected_head, meta["head"], str(path))
+    nesting_dims = [int(d) for d in meta["nesting_dims"]]
+    head = create_head(meta["head"], nesting_dims, int(meta["num_classes"]))
+    with torch.no_grad():
+        head.load_state_dict(state)
+    return LoadedHead(meta["head"], nesting_dims, head.eval(), dict(meta))
+
+
+def load_model(path: str | Path, expected_head: str | None = None, field: str = "ckpt_path") -> LoadedModel:
+    """The whole model of a checkpoint written by ``scripts/train.py`` (the one way embedding, evaluation and
+    robustness load one): the LightningModule rebuilt from the checkpoint's own hyperparameters, its weights
+    loaded (CPU, eval mode), and the Matryoshka metadata. The encoder's pretrained weights are never fetched
+    again: they are in the checkpoint.
+
+        module, meta = mrl.load_model("runs/x/checkpoints/last.ckpt")
+        z = module.embed(images)                   # [B, width]; z[:, :m] is the size-m embedding
+    """
+    from mrl.lightning import MatryoshkaModule
+
+    ckpt, meta = read_checkpoint(path, field)
+    check_head_type(expected_head, meta["head"], str(Path(path).expanduser()))
+    hparams = dict(ckpt["hyper_parameters"])
+    hparams["backbone"] = {**hparams["backbone"], "pretrained": False, "pretrained_path": None}
+    hparams["compile"] = False  # a loaded model is for inference; compile it again where that pays
+    module = MatryoshkaModule(**hparams)
+    module.load_state_dict(ckpt["state_dict"])
+    return LoadedModel(module.eval(), dict(meta))

@@ -28,10 +28,10 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from mrl.checkpoint import read_checkpoint
+from mrl.checkpoint import load_model
 from mrl.errors import ConfigError
+from mrl.heads import HEADS
 
-HEAD_TYPES = ("mrl", "mrle", "ff")
 REEMBED = "re-run scripts/embed.py for this split"
 
 
@@ -53,10 +53,10 @@ def read_meta(path: str | Path) -> dict[str, Any]:
     if missing:
         raise ConfigError("embeddings", f"{path} lacks {missing}", REEMBED)
     dims = meta["nesting_dims"]
-    if meta["head"] not in HEAD_TYPES or not isinstance(dims, list) or not dims \
+    if meta["head"] not in HEADS or not isinstance(dims, list) or not dims \
             or not all(_positive_int(d) for d in dims) or not _positive_int(meta["num_classes"]):
         raise ConfigError("embeddings", f"{path} has head {meta['head']!r}, nesting_dims {dims!r} and num_classes "
-                          f"{meta['num_classes']!r}; expected one of {list(HEAD_TYPES)}, a list of positive ints and "
+                          f"{meta['num_classes']!r}; expected one of {sorted(HEADS)}, a list of positive ints and "
                           "a positive int", REEMBED)
     return meta
 
@@ -297,14 +297,7 @@ PREDICT_TRAINER_KEYS = ("accelerator", "devices", "num_nodes", "strategy", "prec
 def _module_from_checkpoint(path: Path, datamodule):
     """The checkpoint's module, rebuilt from its own hyperparameters, after checking ``datamodule``
     is the data it was trained on, split the same way."""
-    from mrl.lightning import MatryoshkaModule
-
-    ckpt, info = read_checkpoint(path)  # read once: validated, then rebuilt from its own hyperparameters
-    hparams = dict(ckpt["hyper_parameters"])
-    # The weights come from the checkpoint: never fetch the backbone's pretrained weights again.
-    hparams["backbone"] = {**hparams["backbone"], "pretrained": False, "pretrained_path": None}
-    module = MatryoshkaModule(**hparams)
-    module.load_state_dict(ckpt["state_dict"])
+    module, info = load_model(path)
     datamodule.setup("test")
     if module.class_names is not None and module.class_names != datamodule.class_names:
         raise ConfigError("data", f"the data's {datamodule.num_classes} classes differ from the checkpoint's "

@@ -11,7 +11,7 @@ import torch
 
 from mrl.checkpoint import CHECKPOINT_KEY, read_checkpoint
 from mrl.errors import ConfigError
-from mrl.losses import MatryoshkaLoss
+from mrl.losses import CrossEntropy, MatryoshkaLoss
 from mrl.metrics import SizeAccuracy
 from mrl.model import create_model
 from mrl.nesting import resolve_loss_weights
@@ -52,7 +52,8 @@ class MatryoshkaModule(L.LightningModule):
         self.nesting_dims = self.model.nesting_dims
         if not 0.0 <= label_smoothing < 1.0:
             raise ConfigError("model.label_smoothing", f"must be in [0, 1), got {label_smoothing}")
-        self.criterion = MatryoshkaLoss(resolve_loss_weights(loss_weights, self.nesting_dims), label_smoothing)
+        self.criterion = MatryoshkaLoss(CrossEntropy(label_smoothing),
+                                        resolve_loss_weights(loss_weights, self.nesting_dims))
         self.optimizer_cfg = dict(optimizer or {"name": "sgd", "lr": 0.1})
         self.scheduler_cfg = dict(scheduler or {"name": "none"})
         self.class_names = list(class_names) if class_names is not None else None

@@ -46,19 +46,17 @@ def test_classifier_at_trained_sizes_reproduces_the_head_logits(kind):
     with torch.no_grad():
         logits = head(z).numpy()  # [G, B, C]
     for g, m in enumerate(DIMS):
-        for state in (head, _numpy_state(head)):
-            W, b = classifier_at(kind, state, DIMS, m)
-            assert W.shape == (7, m) and b.shape == (7,)
-            np.testing.assert_allclose(z[:, :m].numpy() @ W.T + b, logits[g], rtol=1e-5, atol=1e-5)
+        W, b = classifier_at(head, m)
+        assert W.shape == (7, m) and b.shape == (7,) and W.dtype == np.float32
+        np.testing.assert_allclose(z[:, :m].numpy() @ W.T + b, logits[g], rtol=1e-5, atol=1e-5)
 
 
 def test_mrle_serves_every_prefix_by_slicing_its_single_weight():
     head = _head("mrle")
     for dim in range(1, DIMS[-1] + 1):
-        W, b = classifier_at("mrle", head, DIMS, dim)
-        ref_w, ref_b = head.weight_for(dim)
-        np.testing.assert_array_equal(W, ref_w.detach().numpy())
-        np.testing.assert_array_equal(b, ref_b.detach().numpy())
+        W, b = classifier_at(head, dim)
+        np.testing.assert_array_equal(W, head.weight.detach().numpy()[:, :dim])
+        np.testing.assert_array_equal(b, head.bias.detach().numpy())
 
 
 def test_mrl_untrained_size_uses_the_next_larger_heads_slice():
@@ -68,21 +66,21 @@ def test_mrl_untrained_size_uses_the_next_larger_heads_slice():
         # slow reference: walk the sizes in order and take the first that is large enough
         g = [i for i, m in enumerate(DIMS) if m >= dim][0]
         fc = head.classifiers[g]
-        W, b = classifier_at("mrl", state, DIMS, dim)
+        W, b = classifier_at(head, dim)
         np.testing.assert_array_equal(W, fc.weight.detach().numpy()[:, :dim])
         np.testing.assert_array_equal(b, fc.bias.detach().numpy())
-    assert np.array_equal(classifier_at("mrl", state, DIMS, 5)[1], state["classifiers.1.bias"])  # 5 -> head 8
-    assert np.array_equal(classifier_at("mrl", state, DIMS, 9)[1], state["classifiers.2.bias"])  # 9 -> head 16
+    assert np.array_equal(classifier_at(head, 5)[1], state["classifiers.1.bias"])  # 5 -> head 8
+    assert np.array_equal(classifier_at(head, 9)[1], state["classifiers.2.bias"])  # 9 -> head 16
     with pytest.raises(ConfigError, match=r"^dims: size 17 is outside 1\.\.16"):
-        classifier_at("mrl", state, DIMS, 17)
+        classifier_at(head, 17)
 
 
 def test_ff_is_evaluated_at_its_own_size_only():
     head = _head("ff", [8])
-    W, b = classifier_at("ff", head, [8], 8)
+    W, b = classifier_at(head, 8)
     np.testing.assert_array_equal(W, head.classifier.weight.detach().numpy())
     with pytest.raises(ConfigError, match=r"^dims: an FF-k model is evaluated at its own size only"):
-        classifier_at("ff", head, [8], 4)
+        classifier_at(head, 4)
     with pytest.raises(ConfigError, match="^dims: .*FF-k model is evaluated at its own size only"):
         resolve_dims("all", "ff", [8], 32)
 
@@ -148,7 +146,7 @@ def test_knn_accuracy_matches_brute_force():
 def _write_checkpoint(path: Path, head, classes) -> Path:
     state = {f"model.head.{k}": v.detach().clone() for k, v in head.state_dict().items()}
     state["model.backbone.dummy"] = torch.zeros(1)
-    meta = {"head": head.head_type, "nesting_dims": list(head.nesting_dims), "num_classes": len(classes),
+    meta = {"head": head.name, "nesting_dims": list(head.nesting_dims), "num_classes": len(classes),
             "class_names": list(classes), "width": head.nesting_dims[-1]}
     torch.save({"state_dict": state, "mrl": meta, "hyper_parameters": {"backbone": {"name": "mlp"}}}, path)
     return path
@@ -164,7 +162,7 @@ def _write_split(root: Path, split: str, emb, labels, head, ckpt: Path, classes)
     np.save(folder / "labels.npy", np.asarray(labels, dtype=np.int64))
     np.save(folder / "logits.npy", logits)
     meta = {"split": split, "num_samples": len(emb), "width": emb.shape[1], "nesting_dims": list(head.nesting_dims),
-            "num_classes": len(classes), "head": head.head_type, "dtype": "float32", "class_names": list(classes),
+            "num_classes": len(classes), "head": head.name, "dtype": "float32", "class_names": list(classes),
             "checkpoint": str(ckpt)}
     (folder / "meta.json").write_text(json.dumps(meta))
     return folder
@@ -199,10 +197,11 @@ def _synthetic(tmp_path: Path, kind: str, dims, width=16, classes=5, n_train=150
 def test_load_head_reads_the_weights_and_refuses_another_head_type(tmp_path):
     head = _head("mrle")
     ckpt = _write_checkpoint(tmp_path / "m.ckpt", head, [f"c{i}" for i in range(7)])
-    head_type, dims, state, meta = load_head(ckpt)
+    head_type, dims, loaded, meta = load_head(ckpt)
     assert head_type == "mrle" and dims == DIMS and meta["num_classes"] == 7
-    assert set(state) == {"weight", "bias"} and state["weight"].dtype == np.float32
-    np.testing.assert_array_equal(state["weight"], head.weight.detach().numpy())
+    assert type(loaded) is type(head) and not loaded.training
+    assert set(loaded.state_dict()) == {"weight", "bias"} and loaded.weight.dtype == torch.float32
+    torch.testing.assert_close(loaded.weight, head.weight.detach(), rtol=0, atol=0)
     assert load_head(ckpt, expected_head="mrle").head_type == "mrle"
     with pytest.raises(ConfigError, match="^head: .* checkpoint of another head type than asked: it has head 'mrle', "
                                           "the config asks for 'mrl'"):
@@ -223,7 +222,7 @@ def test_sweep_over_all_sizes_of_an_mrle_head_equals_per_size_slices(tmp_path):
     assert [r["dim"] for r in rows] == list(range(1, 17))
     assert [r["trained"] for r in rows] == [d in (4, 8, 16) for d in range(1, 17)]
     for r in rows:
-        W, b = head.weight_for(r["dim"])
+        W, b = head.classifier_at(r["dim"])
         expected = linear_accuracy(test.embeddings, test.labels, W.detach().numpy(), b.detach().numpy())
         assert r["top1"] == expected["top1"] and r["top5"] == expected["top5"]
         assert r["knn_top1"] == knn_accuracy(train.embeddings, train.labels, test.embeddings, test.labels, r["dim"])

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
 
 from mrl.errors import ConfigError
 from mrl.heads import HEADS, FixedFeatureHead, MatryoshkaHead, TiedMatryoshkaHead, create_head
-from mrl.losses import MatryoshkaLoss
+from mrl.losses import CrossEntropy, MatryoshkaLoss, prefixes
 
 DIMS = [4, 8, 16, 32, 64]
 ODD_DIMS = [3, 10, 17, 40]  # sizes that are not powers of two, width 40
@@ -53,13 +55,13 @@ def test_mrle_logits_match_per_size_matmul_float32(dims):
     torch.testing.assert_close(out, _per_size_reference(z, head.weight, head.bias, dims), rtol=1e-5, atol=1e-5)
 
 
-def test_mrle_weight_for_is_prefix_of_shared_weight():
+def test_mrle_classifier_at_is_prefix_of_shared_weight():
     head = TiedMatryoshkaHead(DIMS, NUM_CLASSES)
-    w, b = head.weight_for(8)
+    w, b = head.classifier_at(8)
     assert w.shape == (NUM_CLASSES, 8)
     assert torch.equal(w, head.weight[:, :8]) and b is head.bias
     # MRL-E serves sizes it was not trained at, too.
-    assert head.weight_for(12)[0].shape == (NUM_CLASSES, 12)
+    assert head.classifier_at(12)[0].shape == (NUM_CLASSES, 12)
 
 
 # (b) MRL heads are independent -----------------------------------------------------------------
@@ -98,11 +100,11 @@ def test_mrl_perturbing_one_classifier_leaves_other_sizes_unchanged(j):
             assert torch.equal(after[i], before[i])
 
 
-def test_mrl_classifier_shapes_and_weight_for():
+def test_mrl_classifier_shapes_and_classifier_at():
     head = MatryoshkaHead(DIMS, NUM_CLASSES)
     assert [fc.weight.shape for fc in head.classifiers] == [(NUM_CLASSES, m) for m in DIMS]
-    w, b = head.weight_for(16)
-    assert w is head.classifiers[2].weight and b is head.classifiers[2].bias
+    w, b = head.classifier_at(16)
+    assert torch.equal(w, head.classifiers[2].weight) and b is head.classifiers[2].bias
 
 
 # (c) prefix property ---------------------------------------------------------------------------
@@ -155,7 +157,7 @@ def test_logits_of_size_m_ignore_coordinates_beyond_m(name):
 def test_head_output_shape(name, batch):
     dims = [16] if name == "ff" else [4, 8, 16]
     head = create_head(name, dims, NUM_CLASSES)
-    assert head.head_type == name and head.nesting_dims == dims
+    assert head.name == name and head.nesting_dims == dims
     out = head(torch.randn(batch, 16))
     assert out.shape == (len(dims), batch, NUM_CLASSES)
     assert out.dtype == torch.float32
@@ -182,13 +184,17 @@ def test_matryoshka_loss_equals_weighted_sum_of_cross_entropies(label_smoothing)
     weights = [0.5, 1.0, 2.0, 0.0, 1.5]
     logits = torch.randn(len(weights), 9, NUM_CLASSES) * 3
     y = torch.randint(0, NUM_CLASSES, (9,))
-    crit = MatryoshkaLoss(weights, label_smoothing=label_smoothing)
+    crit = MatryoshkaLoss(CrossEntropy(label_smoothing), weights)
     loss = crit(logits, y)
 
     per_size_ref = [F.cross_entropy(logits[g], y, label_smoothing=label_smoothing) for g in range(len(weights))]
     expected = sum(w * ce for w, ce in zip(weights, per_size_ref))
     torch.testing.assert_close(loss, expected, rtol=1e-6, atol=1e-6)
     torch.testing.assert_close(crit.per_size(logits, y), torch.stack(per_size_ref), rtol=1e-6, atol=1e-6)
+
+    # the loop path (a base loss without `stacked`) gives the same numbers as the one-call path
+    looped = MatryoshkaLoss(lambda out, target: crit.base_loss(out, target), weights)
+    torch.testing.assert_close(looped(logits, y), loss, rtol=1e-6, atol=1e-6)
 
     manual = sum(w * _manual_smoothed_ce(logits[g].double(), y, label_smoothing) for g, w in enumerate(weights))
     torch.testing.assert_close(loss.double(), manual, rtol=1e-6, atol=1e-6)
@@ -200,10 +206,53 @@ def test_matryoshka_loss_gradient_matches_loop():
     weights = [1.0, 0.25, 3.0]
     logits = torch.randn(3, 4, NUM_CLASSES, requires_grad=True)
     y = torch.randint(0, NUM_CLASSES, (4,))
-    MatryoshkaLoss(weights, 0.1)(logits, y).backward()
+    MatryoshkaLoss(CrossEntropy(0.1), weights)(logits, y).backward()
     ref_logits = logits.detach().clone().requires_grad_(True)
     sum(w * F.cross_entropy(ref_logits[g], y, label_smoothing=0.1) for g, w in enumerate(weights)).backward()
     torch.testing.assert_close(logits.grad, ref_logits.grad, rtol=1e-5, atol=1e-7)
+
+
+def _slow_info_nce(a: torch.Tensor, b: torch.Tensor, temperature: float) -> torch.Tensor:
+    """In-batch InfoNCE written as loops: row i's positive is b[i], its negatives every other b[j]."""
+    total = 0.0
+    for i in range(a.shape[0]):
+        scores = [float(torch.dot(a[i], b[j]) / (a[i].norm() * b[j].norm())) / temperature for j in range(b.shape[0])]
+        top = max(scores)
+        total += -(scores[i] - top - math.log(sum(math.exp(s - top) for s in scores)))
+    return torch.tensor(total / a.shape[0], dtype=torch.float64)
+
+
+def test_matryoshka_loss_wraps_an_embedding_loss_on_prefixes():
+    """A second base loss, on pairs of embedding prefixes (what the contrastive task wraps): the wrapper's value
+    equals the weighted loop over sizes, each computed by a slow InfoNCE on a[:, :m], b[:, :m]."""
+    _seed(8)
+    dims, weights, temperature = [2, 4, 8], [1.0, 0.5, 2.0], 0.1
+    a, b = torch.randn(6, 8, dtype=torch.float64), torch.randn(6, 8, dtype=torch.float64)
+
+    def info_nce(x, y):
+        logits = F.normalize(x, dim=-1) @ F.normalize(y, dim=-1).T / temperature
+        return F.cross_entropy(logits, torch.arange(x.shape[0]))
+
+    loss = MatryoshkaLoss(info_nce, weights)(prefixes(dims, a, b))
+    expected = sum(w * _slow_info_nce(a[:, :m], b[:, :m], temperature) for m, w in zip(dims, weights))
+    torch.testing.assert_close(loss, expected, rtol=1e-9, atol=1e-9)
+    assert all(p[0].data_ptr() == a.data_ptr() for p in prefixes(dims, a, b))  # views, not copies
+    with pytest.raises(ValueError, match="3 weights but got 2 sizes"):
+        MatryoshkaLoss(info_nce, weights)(prefixes([2, 4], a, b))
+
+
+@pytest.mark.parametrize("kind", ["mrl", "mrle", "ff"])
+def test_heads_slice_prefixes_of_3d_inputs_like_each_row_alone(kind):
+    """``z [B, T, width]`` (per-token embeddings, as an MLM head sees them): each token's logits equal the head
+    applied to that token's 2-D row."""
+    _seed(9)
+    dims = [16] if kind == "ff" else DIMS
+    head = create_head(kind, dims, NUM_CLASSES)
+    z = torch.randn(3, 5, DIMS[-1])
+    out = head(z)
+    assert out.shape == (len(dims), 3, 5, NUM_CLASSES)
+    for t in range(5):
+        torch.testing.assert_close(out[:, :, t], head(z[:, t]), rtol=1e-6, atol=1e-6)
 
 
 # (f) config errors -----------------------------------------------------------------------------

@@ -91,6 +91,32 @@ def test_digits_trains_to_90_percent_and_checkpoint_reevaluates(make_cfg, tmp_pa
     assert ckpt["mrl"]["class_names"] == module.class_names and ckpt["mrl"]["head"] == "mrl"
 
 
+@pytest.mark.parametrize("head", ["mrl", "ff"])
+def test_load_model_round_trips_a_trained_checkpoint(make_cfg, tmp_path, head):
+    """``mrl.load_model`` and ``mrl.checkpoint.load_head`` give back what was trained: the same logits as
+    Lightning's own ``load_from_checkpoint`` (an independent loader), the head alone equal to the model's head,
+    and the Matryoshka metadata."""
+    import mrl
+    from mrl.checkpoint import load_head
+
+    extra = ["model.head=ff", "model.nesting_dims=[32]"] if head == "ff" else []
+    train(make_cfg("logger=csv", "trainer.max_epochs=1", *extra))
+    last = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    module, meta = mrl.load_model(last)
+    reference = MatryoshkaModule.load_from_checkpoint(last, map_location="cpu").eval()
+    assert not module.training and meta["head"] == head and meta["num_classes"] == 10
+    assert meta["nesting_dims"] == module.nesting_dims and meta["class_names"] == reference.class_names
+    shape = reference.hparams.backbone
+    x = torch.randn(5, shape["in_chans"], shape["image_size"], shape["image_size"])
+    with torch.no_grad():
+        torch.testing.assert_close(module(x), reference(x), rtol=0, atol=0)
+        head_only = load_head(last)
+        torch.testing.assert_close(head_only.head(reference.embed(x)), reference(x), rtol=0, atol=0)
+    assert head_only.head_type == head and head_only.nesting_dims == meta["nesting_dims"]
+    with pytest.raises(mrl.ConfigError, match="^head: .* checkpoint of another head type"):
+        mrl.load_model(last, expected_head="mrle")
+
+
 def test_resume_continues_from_last_checkpoint(make_cfg, tmp_path):
     train(make_cfg("logger=csv", "trainer.max_epochs=2"))
     last = tmp_path / "run" / "checkpoints" / "last.ckpt"

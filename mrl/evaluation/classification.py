@@ -15,109 +15,41 @@ Accuracies here are percentages (like the training run's ``metrics_by_dim``).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
-from pathlib import Path
-from typing import Any, NamedTuple
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 
-from mrl.checkpoint import read_checkpoint
+from mrl.checkpoint import LoadedHead, check_head_type, load_head
 from mrl.errors import ConfigError
 from mrl.evaluation.retrieval import _as_2d, _as_labels, search
-from mrl.embeddings import HEAD_TYPES, load_split
-STATE_PREFIX = "model.head."
+from mrl.embeddings import load_split
+from mrl.heads import FixedFeatureHead
+
+__all__ = ["LoadedHead", "check_head_type", "classification_sweep", "classifier_at", "knn_accuracy",
+           "linear_accuracy", "load_head", "resolve_dims"]
 
 
-class HeadWeights(NamedTuple):
-    """What :func:`load_head` returns (a tuple: ``head_type, nesting_dims, state, meta = load_head(p)``)."""
+def classifier_at(head: Any, dim: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(W [C, dim], b [C])`` float32 classifying the first ``dim`` coordinates: what the head's own
+    ``classifier_at`` serves (see the module doc). ``head``: a head module or :func:`load_head`'s result."""
+    import torch
 
-    head_type: str
-    nesting_dims: list[int]
-    state: dict[str, np.ndarray]
-    meta: dict[str, Any]
-
-
-# --------------------------------------------------------------------------------------------------
-# head weights
-# --------------------------------------------------------------------------------------------------
-
-def check_head_type(expected: str | None, actual: str, source: str = "the checkpoint") -> None:
-    """``ConfigError('head', ...)`` when the user asked for head ``expected`` but ``source`` has ``actual``."""
-    if expected is None:
-        return
-    if expected not in HEAD_TYPES:
-        raise ConfigError("head", f"unknown head type {expected!r}", f"choose one of {list(HEAD_TYPES)} or null")
-    if expected != actual:
-        raise ConfigError("head", f"{source} is a checkpoint of another head type than asked: "
-                          f"it has head '{actual}', the config asks for '{expected}'",
-                          f"set head={actual} (or head=null to accept the checkpoint's), or give a '{expected}' "
-                          "checkpoint")
+    module = _head_module(head)
+    if isinstance(dim, np.integer):
+        dim = int(dim)
+    with torch.no_grad():
+        weight, bias = module.classifier_at(dim)
+    return (np.ascontiguousarray(weight.detach().float().cpu().numpy()),
+            np.ascontiguousarray(bias.detach().float().cpu().numpy()))
 
 
-def load_head(ckpt_path: str | Path, expected_head: str | None = None) -> HeadWeights:
-    """Read the head weights of a Lightning checkpoint written by ``scripts/train.py``.
-
-    Returns ``(head_type, nesting_dims, state, meta)``: ``state`` maps the head's parameter names
-    (``classifiers.0.weight``, ``weight``, ``classifier.bias``, ...) to float32 numpy arrays;
-    ``meta`` is the checkpoint's ``'mrl'`` entry (head, nesting_dims, num_classes, class_names, width).
-    ``expected_head`` (not None) must equal the checkpoint's head type, else :class:`ConfigError`.
-    """
-    ckpt, meta = read_checkpoint(ckpt_path)
-    path = Path(ckpt_path).expanduser()
-    state = {k[len(STATE_PREFIX):]: v.detach().float().cpu().numpy()
-             for k, v in ckpt["state_dict"].items() if k.startswith(STATE_PREFIX)}
-    if not state:
-        raise ConfigError("ckpt_path", f"{path} holds no head weights ('{STATE_PREFIX}*')",
-                          "give a checkpoint written by scripts/train.py")
-    head_type = meta["head"]
-    check_head_type(expected_head, head_type, str(path))
-    return HeadWeights(head_type, [int(d) for d in meta["nesting_dims"]], state, dict(meta))
-
-
-def _state_of(head_state: Any) -> dict[str, np.ndarray]:
-    if isinstance(head_state, Mapping):
-        return {k: np.asarray(v.detach().cpu().float().numpy() if hasattr(v, "detach") else v, dtype=np.float32)
-                for k, v in head_state.items()}
-    if hasattr(head_state, "state_dict"):  # the head module itself
-        return {k: v.detach().cpu().float().numpy() for k, v in head_state.state_dict().items()}
-    raise ConfigError("head_state", f"expected a dict of arrays or a head module, got {type(head_state).__name__}")
-
-
-def _get(state: Mapping[str, np.ndarray], key: str, head_type: str) -> np.ndarray:
-    if key not in state:
-        raise ConfigError("head_state", f"has no '{key}' entry, which a '{head_type}' head needs",
-                          f"pass the weights of a '{head_type}' head (keys: {sorted(state)[:4]} ...)")
-    return state[key]
-
-
-def classifier_at(head_type: str, head_state: Any, nesting_dims: Sequence[int],
-                  dim: int) -> tuple[np.ndarray, np.ndarray]:
-    """``(W [C, dim], b [C])`` float32 classifying the first ``dim`` coordinates (see the module doc).
-
-    ``head_state``: the head's parameters as a dict (``load_head(...).state``) or the head module.
-    """
-    if head_type not in HEAD_TYPES:
-        raise ConfigError("head", f"unknown head type {head_type!r}", f"choose one of {list(HEAD_TYPES)}")
-    dims = [int(d) for d in nesting_dims]
-    if isinstance(dim, bool) or not isinstance(dim, (int, np.integer)):
-        raise ConfigError("dims", f"sizes must be ints, got {dim!r}")
-    dim = int(dim)
-    state = _state_of(head_state)
-    if head_type == "ff":
-        if dim != dims[0]:
-            raise ConfigError("dims", f"an FF-k model is evaluated at its own size only: this is FF-{dims[0]}, "
-                              f"asked for size {dim}", f"use dims=nesting (= [{dims[0]}])")
-        return _get(state, "classifier.weight", head_type), _get(state, "classifier.bias", head_type)
-    top = dims[-1]
-    if not 1 <= dim <= top:
-        raise ConfigError("dims", f"size {dim} is outside 1..{top}, the sizes this '{head_type}' head classifies",
-                          f"use sizes between 1 and {top}")
-    if head_type == "mrle":
-        weight = _get(state, "weight", head_type)
-        return np.ascontiguousarray(weight[:, :dim]), _get(state, "bias", head_type)
-    g = next(i for i, m in enumerate(dims) if m >= dim)  # smallest trained size >= dim
-    weight = _get(state, f"classifiers.{g}.weight", head_type)
-    return np.ascontiguousarray(weight[:, :dim]), _get(state, f"classifiers.{g}.bias", head_type)
+def _head_module(head: Any):
+    if isinstance(head, LoadedHead):
+        return head.head
+    if hasattr(head, "classifier_at") and hasattr(head, "nesting_dims"):
+        return head
+    raise ConfigError("head", f"expected load_head(...)'s result or a head module, got {type(head).__name__}")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -195,7 +127,7 @@ def resolve_dims(spec: Any, head_type: str, nesting_dims: Sequence[int], width: 
         if spec == "nesting":
             return dims
         if spec == "all":
-            if head_type == "ff":
+            if head_type == FixedFeatureHead.name:
                 raise ConfigError("dims", f"dims=all asks for every size, but an FF-k model is evaluated at its "
                                   f"own size only (FF-{dims[0]})", "use dims=nesting")
             return list(range(1, dims[-1] + 1))
@@ -213,14 +145,6 @@ def resolve_dims(spec: Any, head_type: str, nesting_dims: Sequence[int], width: 
                               f"use sizes between 1 and {width}")
         out.append(int(d))
     return sorted(set(out))
-
-
-def _head_parts(head: Any) -> tuple[str, list[int], Any]:
-    if isinstance(head, tuple) and len(head) >= 3:  # HeadWeights or a plain (type, dims, state, ...) tuple
-        return str(head[0]), [int(d) for d in head[1]], head[2]
-    if hasattr(head, "head_type") and hasattr(head, "nesting_dims"):  # a head module
-        return head.head_type, list(head.nesting_dims), head
-    raise ConfigError("head", f"expected load_head(...)'s result or a head module, got {type(head).__name__}")
 
 
 def _split(split: Any):
@@ -243,7 +167,8 @@ def classification_sweep(train_split: Any, test_split: Any, head: Any, dims: Any
     Rows: ``{"dim", "trained" (dim is a trained size), "top1", "top5", "knn_top1"}``. ``progress(dim)`` is
     called as each size is done.
     """
-    head_type, nesting_dims, state = _head_parts(head)
+    module = _head_module(head)
+    head_type, nesting_dims = module.name, list(module.nesting_dims)
     test = _split(test_split)
     train = _split(train_split)
     if test is None:
@@ -255,14 +180,13 @@ def classification_sweep(train_split: Any, test_split: Any, head: Any, dims: Any
         raise ConfigError("train_split", f"has width {train.width} but the test split has {width}",
                           "embed both splits with the same checkpoint")
     dims = resolve_dims(dims, head_type, nesting_dims, width)
-    state = _state_of(state)  # once, not per size
-    num_classes = int(classifier_at(head_type, state, nesting_dims, nesting_dims[0])[0].shape[0])
+    num_classes = module.num_classes
     if test.logits.shape[2] != num_classes:
         raise ConfigError("ckpt_path", f"the head has {num_classes} classes but the embeddings have "
                           f"{test.logits.shape[2]}", "use the checkpoint the embeddings were made with")
     rows = []
     for dim in dims:
-        W, b = classifier_at(head_type, state, nesting_dims, dim)
+        W, b = classifier_at(module, dim)
         row: dict[str, Any] = {"dim": dim, "trained": dim in nesting_dims}
         row.update(linear_accuracy(test.embeddings, test.labels, W, b, ks, class_mask))
         if knn:

@@ -156,10 +156,10 @@ def embed_robustness_set(ckpt_path: str | Path, root: str | Path, dataset_name: 
     import torch
     from torch.utils.data import DataLoader
 
+    from mrl.checkpoint import load_model
     from mrl.embeddings import embed_split
-    from mrl.lightning import MatryoshkaModule
 
-    module = MatryoshkaModule.load_from_checkpoint(Path(ckpt_path).expanduser(), map_location="cpu")
+    module, _ = load_model(ckpt_path)
     data = RobustnessSet(root, dataset_name, module.class_names,
                          image_size=module.hparams.backbone.get("image_size") or 224)
     if device == "auto":

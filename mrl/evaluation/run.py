@@ -544,7 +544,7 @@ def _run_baselines(ctx: dict, plan: dict, out: Path) -> list[dict]:
 
     train, test = ctx["train"], ctx["test"]
     width, methods, seed, probe = train.width, plan["methods"], plan["seed"], plan["probe"]
-    weight, bias = classifier_at("ff", ctx["head"].state, ctx["nesting_dims"], width)
+    weight, bias = classifier_at(ctx["head"], width)
     train_x, test_x = train.embeddings, test.embeddings  # memory-mapped; the baselines read what they need
     progress = _progress("baselines", len(plan["dims"]))
     rows = []
@@ -634,8 +634,9 @@ def evaluate(cfg: Mapping[str, Any] | None = None, command: str | None = None,
     """
     from omegaconf import OmegaConf
 
-    from mrl.evaluation.classification import check_head_type, classifier_at, load_head, resolve_dims
     from mrl.embeddings import load_split
+    from mrl.evaluation.classification import check_head_type, classifier_at, load_head, resolve_dims
+    from mrl.heads import model_label
 
     cfg = resolve_config(cfg, **overrides)
     if not cfg["embeddings_dir"]:
@@ -674,8 +675,8 @@ def evaluate(cfg: Mapping[str, Any] | None = None, command: str | None = None,
     dims = resolve_dims(cfg["dims"], head_type, nesting_dims, test.width)
     if head is not None and {"classification", "robustness"} & set(evaluators):
         for d in dims:
-            classifier_at(head_type, head.state, nesting_dims, d)
-    model = {"mrl": "MRL", "mrle": "MRL-E", "ff": f"FF-{nesting_dims[0]}"}.get(head_type, head_type)
+            classifier_at(head, d)
+    model = model_label(head_type, nesting_dims)
     ctx = {"train": train, "test": test, "head": head, "head_type": head_type, "nesting_dims": nesting_dims,
            "dims": dims, "num_classes": test.meta["num_classes"], "label": f"{model}, {_run_name(ckpt_path, emb_dir)}"}
     plans = {name: PLANS[name](ctx, cfg) for name in evaluators}

@@ -1,5 +1,5 @@
-"""Losses: the Matryoshka wrapper that sums a base loss over nesting sizes."""
+"""Losses: the Matryoshka wrapper that sums any base loss over nesting sizes, and the base losses."""
 
-from mrl.losses.matryoshka import MatryoshkaLoss
+from mrl.losses.matryoshka import CrossEntropy, MatryoshkaLoss, prefixes
 
-__all__ = ["MatryoshkaLoss"]
+__all__ = ["CrossEntropy", "MatryoshkaLoss", "prefixes"]

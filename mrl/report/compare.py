@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from mrl.embeddings import HEAD_TYPES
+from mrl.heads import HEADS
 from mrl.errors import ConfigError
 from mrl.report.study import (DEFAULT_SEED, Model, Study, Table, _get, _int_list, _summarise, add_replica,
                               comparison_table, plot_comparison, write_report_table)
@@ -45,7 +45,7 @@ def collect_wandb(group: str, project: str, entity: str | None = None, k: int = 
             dims = sorted(int(key.split("@")[1]) for key in summary
                           if key.startswith("test/top1@") and key.split("@")[1].isdigit()) or None
         seed = _nested(config, "seed")
-        if head not in HEAD_TYPES or not dims:
+        if head not in HEADS or not dims:
             notes.append(f"W&B run {run.name} ({run.id}): no model.head / model.nesting_dims in its config, skipped")
             continue
         model = Model(run.name, head, dims[0] if head == "ff" else None, Path(group) / run.id,

@@ -45,7 +45,8 @@ from pathlib import Path
 from typing import Any
 
 from mrl.errors import ConfigError
-from mrl.embeddings import HEAD_TYPES, read_meta
+from mrl.embeddings import read_meta
+from mrl.heads import HEADS, model_label
 from mrl.report.run_tables import atomic_write_text, new_figure, new_panels, save_figure
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -222,7 +223,7 @@ class Model:
 
     @property
     def label(self) -> str:
-        return {"mrl": "MRL", "mrle": "MRL-E"}.get(self.kind, f"FF-{self.k}")
+        return model_label(self.kind, [self.k])
 
     @property
     def eval_dir(self) -> Path:
@@ -464,7 +465,7 @@ def _run_identity(root: Path) -> tuple[str, int | None]:
     meta = load(root / "embeddings" / "test" / "meta.json", read_meta)
     metrics = load(root / "metrics_by_dim.csv", lambda p: read_csv(p, *METRICS_COLUMNS))
     head = next((h for h in (_get(config, "model.head"), _get(resolved, "head"), _get(meta, "head"))
-                 if h in HEAD_TYPES), None)
+                 if h in HEADS), None)
     named = _model_from_dir(root)
     if head is None and named is not None:
         return named.kind, named.k
