@@ -232,7 +232,7 @@ BAD_INPUTS = {
     "sst2 label 2": ("sst2", "sentiment-dev", "good .\t1\nodd .\t2\n", {}, "data.label_column",
                      ["'2'", "sentiment-dev line 2"]),
     "one-based int labels": ("tsv", "d.tsv", "text\tlabel\nx\t1\ny\t2\n", {}, "data.label_column",
-                             ["0..2", "never occur"]),
+                             ["0..2", "index 0 never occurs"]),
     "single class": ("tsv", "d.tsv", "text\tlabel\nx\ta\ny\ta\n", {}, "data.label_column", ["single class"]),
     "wrong field count": ("tsv", "d.tsv", "text\tlabel\nx\t0\ny\t1\textra\n", {}, "data.format",
                           ["d.tsv line 3", "3 tab-separated fields, expected 2"]),
@@ -255,7 +255,7 @@ BAD_INPUTS = {
                               "data.class_names", ["duplicate"]),
     "class_names as a string": ("tsv", "d.tsv", "text\tlabel\nx\ta\n", {"class_names": "a,b"},
                                 "data.class_names", ["list"]),
-    "not utf-8": ("tsv", "d.tsv", None, {}, "data.root", ["d.tsv", "not valid"]),
+    "not utf-8": ("tsv", "d.tsv", None, {}, "data.root", ["d.tsv line 2", "not valid utf-8"]),
 }
 
 
