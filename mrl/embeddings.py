@@ -128,6 +128,8 @@ def embed_split(module: torch.nn.Module, loader: DataLoader, root: str | Path, s
     tmp = root / f".{split}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
+    from mrl.lightning import as_batch
+
     module = module.to(device).eval()
     n = len(loader.dataset)
     emb, labels, logits = _open_arrays(tmp, n, module.model.width, len(module.nesting_dims),
@@ -135,9 +137,13 @@ def embed_split(module: torch.nn.Module, loader: DataLoader, root: str | Path, s
     start = 0
     device_type = torch.device(device).type
     try:
-        for x, y in loader:
+        for batch in loader:
+            batch = as_batch(batch)
+            y = batch["label"]
+            inputs = {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v
+                      for k, v in batch.items()}
             with torch.autocast(device_type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-                z = module.embed(x.to(device, non_blocking=True))
+                z = module.embed(inputs)
                 out = module.model.head(z)
             stop = start + len(y)
             emb[start:stop] = z.float().cpu().numpy()
@@ -298,6 +304,8 @@ def _module_from_checkpoint(path: Path, datamodule):
     """The checkpoint's module, rebuilt from its own hyperparameters, after checking ``datamodule``
     is the data it was trained on, split the same way."""
     module, info = load_model(path)
+    if hasattr(datamodule, "use_encoder"):  # text data tokenises for the checkpoint's encoder
+        datamodule.use_encoder(module.hparams.backbone)
     datamodule.setup("test")
     if module.class_names is not None and module.class_names != datamodule.class_names:
         raise ConfigError("data", f"the data's {datamodule.num_classes} classes differ from the checkpoint's "
@@ -310,7 +318,7 @@ def _module_from_checkpoint(path: Path, datamodule):
                                   f"{stored.get(key)!r}, so the splits would differ",
                                   f"set data.{key}={stored.get(key)}")
     trained = module.hparams.backbone
-    for key, value in (("image_size", datamodule.image_size), ("in_chans", datamodule.in_chans)):
+    for key, value in ((k, getattr(datamodule, k)) for k in ("image_size", "in_chans") if hasattr(datamodule, k)):
         if trained.get(key) not in (None, value):
             raise ConfigError(f"data.{key}", f"is {value} but the checkpoint was trained with {trained[key]}",
                               f"set data.{key}={trained[key]}")

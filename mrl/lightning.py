@@ -19,6 +19,20 @@ from mrl.optim import create_optimizer, create_scheduler
 
 
 
+def as_batch(batch: Any) -> dict[str, Any]:
+    """A batch as the dict every encoder and task reads: a dict stays as it is (a shallow copy); the
+    ``(image, label)`` pair of a plain ``DataLoader`` over a torchvision-style dataset becomes
+    ``{"image", "label"}``, and a lone tensor ``{"image"}``."""
+    if isinstance(batch, Mapping):
+        return dict(batch)
+    if isinstance(batch, torch.Tensor):
+        return {"image": batch}
+    if isinstance(batch, (tuple, list)) and len(batch) == 2:
+        return {"image": batch[0], "label": batch[1]}
+    raise TypeError(f"expected a batch dict (image or input_ids, and label) or an (image, label) pair, "
+                    f"got {type(batch).__name__}")
+
+
 class MatryoshkaModule(L.LightningModule):
     """Backbone + Matryoshka head + loss, with per-size accuracy.
 
@@ -78,21 +92,25 @@ class MatryoshkaModule(L.LightningModule):
     def head_type(self) -> str:
         return self.hparams.head
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Logits ``[G, B, C]``."""
-        if self.channels_last and x.ndim == 4:
-            x = x.contiguous(memory_format=torch.channels_last)
-        return self.model(x)
+    def forward(self, batch: Any) -> torch.Tensor:
+        """Logits ``[G, B, C]`` of a batch (see :func:`as_batch`)."""
+        return self.model(self._encoder_inputs(batch))
 
-    def embed(self, x: torch.Tensor) -> torch.Tensor:
+    def embed(self, batch: Any) -> torch.Tensor:
         """Full-width embedding ``[B, width]``; its first m coordinates are the size-m embedding."""
-        if self.channels_last and x.ndim == 4:
-            x = x.contiguous(memory_format=torch.channels_last)
-        return self.model.embed(x)
+        return self.model.embed(self._encoder_inputs(batch))
+
+    def _encoder_inputs(self, batch: Any) -> dict[str, Any]:
+        batch = as_batch(batch)
+        image = batch.get("image")
+        if self.channels_last and isinstance(image, torch.Tensor) and image.ndim == 4:
+            batch["image"] = image.contiguous(memory_format=torch.channels_last)
+        return batch
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
-        x, y = batch
-        per_size = self.criterion.per_size(self(x), y)
+        batch = as_batch(batch)
+        y = batch["label"]
+        per_size = self.criterion.per_size(self(batch), y)
         loss = (per_size * self.criterion.weights).sum()
         self._record_first_non_finite(loss, per_size)
         self.log("train/loss", loss, prog_bar=True, batch_size=y.numel())
@@ -145,8 +163,9 @@ class MatryoshkaModule(L.LightningModule):
         self._stop_if_not_finite()
 
     def _eval_step(self, stage: str, batch) -> None:
-        x, y = batch
-        logits = self(x)
+        batch = as_batch(batch)
+        y = batch["label"]
+        logits = self(batch)
         self.accuracy[stage].update(logits, y, loss_sum=self.criterion(logits, y).detach() * y.numel())
 
     def validation_step(self, batch, batch_idx: int) -> None:
@@ -208,9 +227,9 @@ class MatryoshkaModule(L.LightningModule):
 
     def predict_step(self, batch, batch_idx: int) -> dict[str, torch.Tensor]:
         """``{"embeddings": [B, width], "logits": [G, B, C], "labels": [B]}`` (what embedding files hold)."""
-        x, y = batch
-        z = self.embed(x)
-        return {"embeddings": z, "logits": self.model.head(z), "labels": y}
+        batch = as_batch(batch)
+        z = self.embed(batch)
+        return {"embeddings": z, "logits": self.model.head(z), "labels": batch["label"]}
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         if self._trainer is not None and self.trainer.state.fn == "fit":  # also the checkpoints after validation

@@ -17,22 +17,47 @@ OPTIMIZERS = ("sgd", "adamw")
 SCHEDULERS = ("none", "step", "cosine", "linear_warmup_decay")
 
 
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """Two groups: weights that decay, and norm parameters and biases (any tensor with ndim <= 1)
-    that don't, as in the paper's (FFCV) recipe."""
-    decay, no_decay = [], []
-    for p in model.parameters():
-        if p.requires_grad:
-            (no_decay if p.ndim <= 1 else decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+def param_groups(model: nn.Module, weight_decay: float, lr: float | None = None,
+                 encoder_lr_factor: float = 1.0) -> list[dict]:
+    """Weights that decay, and norm parameters and biases (any tensor with ndim <= 1: LayerNorm and BatchNorm
+    scales, biases) that don't, as in the paper's (FFCV) recipe and the usual BERT fine-tuning one.
+
+    ``encoder_lr_factor`` != 1 (fine-tuning a pretrained encoder more gently than the freshly initialised heads)
+    splits each group by encoder (``model.backbone``) and the rest, the encoder's at ``lr * encoder_lr_factor``;
+    schedules multiply every group's own LR, so the ratio holds throughout."""
+    def split(params) -> tuple[list, list]:
+        decay, no_decay = [], []
+        for p in params:
+            if p.requires_grad:
+                (no_decay if p.ndim <= 1 else decay).append(p)
+        return decay, no_decay
+
+    if encoder_lr_factor == 1.0:
+        decay, no_decay = split(model.parameters())
+        return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    encoder = getattr(model, "backbone", None)
+    if encoder is None or lr is None:
+        raise ConfigError("model.optimizer.encoder_lr_factor", "needs a model with an encoder (model.backbone)",
+                          "leave it at 1.0")
+    encoder_ids = {id(p) for p in encoder.parameters()}
+    groups = []
+    for params, group_lr in ((encoder.parameters(), lr * encoder_lr_factor),
+                             ((p for p in model.parameters() if id(p) not in encoder_ids), lr)):
+        decay, no_decay = split(params)
+        groups += [{"params": decay, "weight_decay": weight_decay, "lr": group_lr},
+                   {"params": no_decay, "weight_decay": 0.0, "lr": group_lr}]
+    return [g for g in groups if g["params"]]
 
 
 def create_optimizer(model: nn.Module, name: str = "sgd", lr: float = 0.1, weight_decay: float = 0.0,
-                     momentum: float = 0.9, nesterov: bool = False,
-                     betas: Sequence[float] = (0.9, 0.999)) -> torch.optim.Optimizer:
+                     momentum: float = 0.9, nesterov: bool = False, betas: Sequence[float] = (0.9, 0.999),
+                     encoder_lr_factor: float = 1.0) -> torch.optim.Optimizer:
     if lr <= 0:
         raise ConfigError("model.optimizer.lr", f"must be positive, got {lr}")
-    groups = param_groups(model, weight_decay)
+    if not 0 < encoder_lr_factor <= 1e3:
+        raise ConfigError("model.optimizer.encoder_lr_factor", f"must be positive, got {encoder_lr_factor}",
+                          "e.g. 0.1 for an encoder at a tenth of the heads' LR, or 1.0")
+    groups = param_groups(model, weight_decay, lr, encoder_lr_factor)
     if name == "sgd":
         return torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=nesterov)
     if name == "adamw":

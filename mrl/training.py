@@ -26,6 +26,7 @@ from mrl.checkpointing import AtomicCheckpointIO, RecoveryCheckpoint, resolve_re
 from mrl.config_checks import PROGRESS_BARS, check_train_config
 from mrl.console import quiet_known_warnings, tee_console
 from mrl.data import create_datamodule
+from mrl.encoders import is_text_encoder
 from mrl.data.datamodules import VALIDATE_ON_TEST_WARNING
 from mrl.errors import ConfigError
 from mrl.lightning import MatryoshkaModule, check_resume_compatible
@@ -49,9 +50,14 @@ def _plain(node: Any) -> Any:
 
 
 def build_module(model_cfg: dict, datamodule) -> MatryoshkaModule:
-    """The LightningModule for ``model_cfg``, sized to the data (channels, image size, classes)."""
+    """The LightningModule for ``model_cfg``, sized to the data (classes; channels and image size for images; a
+    text encoder must be the one the data tokenises for)."""
     cfg = dict(model_cfg)
-    backbone = {"in_chans": datamodule.in_chans, "image_size": datamodule.image_size, **cfg.pop("backbone")}
+    backbone = dict(cfg.pop("backbone"))
+    if is_text_encoder(backbone.get("name")):
+        check_tokenizer_matches(backbone, datamodule)
+    else:
+        backbone = {"in_chans": datamodule.in_chans, "image_size": datamodule.image_size, **backbone}
     num_classes = cfg.pop("num_classes", None)
     if num_classes not in (None, datamodule.num_classes):
         raise ConfigError("model.num_classes", f"is {num_classes} but the data has {datamodule.num_classes} classes",
@@ -66,6 +72,22 @@ def build_module(model_cfg: dict, datamodule) -> MatryoshkaModule:
                   f"{first_layer / 1e6:.0f}M-parameter first layer; set data.image_size smaller or choose a "
                   "convolutional backbone")
     return module
+
+
+def check_tokenizer_matches(backbone: dict, datamodule) -> None:
+    """A text encoder reads the token ids of its own tokenizer: the data must tokenise with the same model name
+    and token limit (the presets interpolate both from model.backbone)."""
+    tokenizer = getattr(datamodule, "tokenizer_name", None)
+    if tokenizer is None:
+        raise ConfigError("data.name", f"{datamodule.data_name!r} is image data but model.backbone.name is the text "
+                          f"encoder {backbone['name']!r}", "choose a text data set (data=trec, sst2, agnews, text)")
+    if tokenizer != backbone["name"]:
+        raise ConfigError("data.tokenizer", f"is {tokenizer!r} but the encoder is {backbone['name']!r}: the token ids "
+                          "would not match its vocabulary", "set data.tokenizer=${model.backbone.name}")
+    limit = backbone.get("max_length", 128)
+    if datamodule.max_length != limit:
+        raise ConfigError("data.max_length", f"is {datamodule.max_length} but model.backbone.max_length is {limit}",
+                          "set data.max_length=${model.backbone.max_length}")
 
 
 def monitor_keys(dims: list[int]) -> list[str]:

@@ -1,122 +1,13 @@
 #!/usr/bin/env bash
-# The CIFAR-10 reproduction (results/cifar10): MRL, MRL-E and FF-k for every k of the nesting list, one recipe
-# (configs/experiment/cifar10_resnet18_study.yaml), seed 42; three seeds (42, 43, 44) for MRL and for FF at
-# 2, 8, 64 and 512. Each model: train, embed train/test, every evaluator (database = train, queries = test).
+# The CIFAR-10 reproduction (results/cifar10): ResNet-18, MRL, MRL-E and FF-k for k in 1, 2, 4, ..., 512, one
+# recipe (configs/experiment/cifar10_resnet18_study.yaml), seed 42; seeds 43 and 44 too for MRL and for FF at 2, 8,
+# 64 and 512. scripts/study.sh does the work (resumable, committing each model with COMMIT=1; see there).
 #   CIFAR10=/path/to/cifar10-jpeg.tar.gz scripts/cifar10_study.sh [extra train overrides]
-#
-# Resumable across machines: a finished model's small outputs (metrics, curves, evaluator tables, configs,
-# commands; no checkpoints or embeddings) are copied to $RESULTS_DIR/runs/<model>/ and, with COMMIT=1,
-# committed, so a later session skips every model whose outputs are committed and continues with the next.
-# Inside a machine, a cut-short training resumes exactly from its newest checkpoint (resume=auto).
-# STAGES="train eval collect report" selects the stages (default: all); MODELS="mrl ff8" a subset.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PY=${PY:-python}
-STUDY_DIR=${STUDY_DIR:-logs/cifar10_study}
-RESULTS_DIR=${RESULTS_DIR:-results/cifar10}
-STAGES=${STAGES:-train eval collect report}
-COMMIT=${COMMIT:-0}
 CIFAR10=${CIFAR10:?set CIFAR10 to the CIFAR-10 archive, ImageFolder root or torchvision folder}
-DIMS=(1 2 4 8 16 32 64 128 256 512)
-SEEDS=(43 44)            # extra seeds, beside 42, for the noise bars
-NOISE_FF=(2 8 64 512)
-if [[ -z ${MODELS:-} ]]; then
-  MODELS="mrl mrle"; for k in "${DIMS[@]}"; do MODELS+=" ff$k"; done
-  for s in "${SEEDS[@]}"; do MODELS+=" mrl-seed$s"; for k in "${NOISE_FF[@]}"; do MODELS+=" ff$k-seed$s"; done; done
-fi
-EXTRA=("$@")
-
-head_overrides() {  # mrl | mrle | ff<k>, with an optional -seed<s>
-  local base=${1%%-seed*} seed=42
-  [[ $1 == *-seed* ]] && seed=${1##*-seed}
-  case $base in
-    mrl) echo "model.head=mrl seed=$seed" ;;
-    mrle) echo "model.head=mrle seed=$seed" ;;
-    ff*) echo "model.head=ff model.nesting_dims=[${base#ff}] seed=$seed" ;;
-  esac
-}
-
-evaluators() {  # what to run on a model; the SVD/random baselines at every size on FF-512
-  local dims; dims=$(IFS=,; echo "${DIMS[*]}")
-  case ${1%%-seed*} in
-    mrl|mrle) echo "evaluators=[classification,adaptive_classification,retrieval,adaptive_retrieval]" ;;
-    ff512) echo "evaluators=[classification,retrieval,baselines] baselines.dims=[$dims]" ;;
-    ff*) echo "evaluators=[classification,retrieval]" ;;
-  esac
-}
-
-committed() { [[ -f $RESULTS_DIR/runs/$1/DONE ]]; }
-
-train_model() {
-  local name=$1 dir=$STUDY_DIR/$1
-  if committed "$name" || [[ -f $dir/metrics_by_dim.csv ]]; then echo "skip training $name (done)"; return; fi
-  echo "train $name ($(date -u +%H:%M))"
-  # shellcheck disable=SC2046
-  "$PY" scripts/train.py +experiment=cifar10_resnet18_study "data.root=$CIFAR10" data.verify_images=false logger=csv \
-    resume=auto callbacks.checkpoint.every_n_train_steps=100 "hydra.run.dir=$dir" $(head_overrides "$name") \
-    "${EXTRA[@]}"  # the trainer inherits the lock (see locked): it stays held while it runs, even if this driver is killed
-}
-
-evaluate_model() {
-  local name=$1 dir=$STUDY_DIR/$1 seed
-  if committed "$name"; then echo "skip evaluating $name (committed)"; return; fi
-  if [[ ! -f $dir/metrics_by_dim.csv ]]; then echo "skip evaluating $name (not trained)"; return; fi
-  seed=$(head_overrides "$name"); seed=${seed##*seed=}
-  if [[ ! -f $dir/embeddings/test/meta.json ]]; then
-    echo "embed $name"
-    "$PY" scripts/embed.py "ckpt_path=$dir/checkpoints/last.ckpt" data=cifar10 "data.root=$CIFAR10" \
-      data.verify_images=false "seed=$seed" dtype=float32 "output_dir=$dir/embeddings" "hydra.run.dir=$dir/embeddings/hydra"
-  fi
-  if [[ ! -f $dir/eval/DONE ]]; then
-    echo "evaluate $name"
-    # shellcheck disable=SC2046
-    "$PY" scripts/eval.py "embeddings_dir=$dir/embeddings" $(evaluators "$name") \
-      "output_dir=$dir/eval" "hydra.run.dir=$dir/eval/hydra"
-    touch "$dir/eval/DONE"
-  fi
-}
-
-collect_model() {  # the small outputs of a finished model into results, committed with COMMIT=1
-  local name=$1 dir=$STUDY_DIR/$1 out=$RESULTS_DIR/runs/$1
-  if committed "$name" || [[ ! -f $dir/eval/DONE ]]; then return; fi
-  rm -rf "$out" && mkdir -p "$out" && out=$(realpath "$out")
-  (cd "$dir" && find . \( -name checkpoints -o -name wandb -o -name '*.npy' \) -prune -o -type f \
-      \( -name '*.csv' -o -name '*.json' -o -name '*.md' -o -name '*.yaml' -o -name '*.txt' -o -name '*.log' \) -print0 |
-    xargs -0 -I{} cp --parents {} "$out/")
-  date -u +%Y-%m-%dT%H:%M:%SZ > "$out/DONE"
-  if [[ $COMMIT == 1 ]]; then
-    # Retried: a git command of someone working in the same checkout may hold the index lock for a moment.
-    local try
-    for try in 1 2 3 4 5 6; do
-      if (cd "$out" && git add . && git commit -q -m "CIFAR-10 study: $name (metrics, curves, evaluator tables, configs, commands)" -- .); then
-        echo "committed $out"; return
-      fi
-      sleep $((try * 5))
-    done
-    echo "could not commit $out: commit it by hand" >&2
-  fi
-}
-
-locked() {  # locked NAME PART COMMAND...: COMMAND NAME while holding NAME's PART lock (train | eval), or skip it
-  # One process per model and part: drivers running side by side (a trainer and evaluators on a GPU, or a stray
-  # driver from an earlier start) split the models between them. The lock stays held by the processes started.
-  local name=$1 part=$2; shift 2
-  mkdir -p "$STUDY_DIR"
-  exec 9>"$STUDY_DIR/.$name.$part.lock"
-  if flock -n 9; then "$@" "$name"; else echo "skip $part $name (another process holds it)"; fi
-  exec 9>&-
-}
-
-evaluate_and_collect() {  # under one lock, so that no driver collects a model another is still evaluating
-  [[ " $STAGES " == *" eval "* ]] && evaluate_model "$1"
-  [[ " $STAGES " == *" collect "* ]] && collect_model "$1"
-  return 0
-}
-
-for name in $MODELS; do
-  [[ " $STAGES " == *" train "* ]] && locked "$name" train train_model
-  [[ " $STAGES " == *" eval "* || " $STAGES " == *" collect "* ]] && locked "$name" eval evaluate_and_collect
-done
-if [[ " $STAGES " == *" report "* ]]; then
-  "$PY" scripts/report.py --dir "$RESULTS_DIR/runs" --out "$RESULTS_DIR"
-fi
+export STUDY_DIR=${STUDY_DIR:-logs/cifar10_study} RESULTS_DIR=${RESULTS_DIR:-results/cifar10}
+export EXPERIMENT=cifar10_resnet18_study DATA=cifar10 DATA_OVERRIDES="data.root=$CIFAR10 data.verify_images=false"
+export DIMS="1 2 4 8 16 32 64 128 256 512" SEEDS=${SEEDS-43 44} NOISE_FF=${NOISE_FF-2 8 64 512}
+export TITLE=${TITLE:-CIFAR-10, ResNet-18, 12 epochs}
+exec scripts/study.sh "$@"

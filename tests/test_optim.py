@@ -166,3 +166,26 @@ def test_unknown_schedule_raises_config_error():
     opt = create_optimizer(_small_net(), "sgd", lr=0.1)
     with pytest.raises(ConfigError, match="model.scheduler.name"):
         create_scheduler(opt, "exponential", total_steps=10, steps_per_epoch=2, warmup_epochs=1)
+
+
+def test_encoder_lr_factor_puts_the_encoder_in_its_own_groups_and_schedules_keep_the_ratio():
+    from mrl.model import create_model
+
+    model = create_model({"name": "mlp", "in_chans": 1, "image_size": 4, "hidden_dim": 8, "width": 16},
+                         nesting_dims=[4, 16], num_classes=3)
+    opt = create_optimizer(model, "adamw", lr=1e-3, weight_decay=0.01, encoder_lr_factor=0.1)
+    encoder = {id(p) for p in model.backbone.parameters()}
+    for group in opt.param_groups:
+        in_encoder = {id(p) in encoder for p in group["params"]}
+        assert len(in_encoder) == 1  # a group is all encoder or all head
+        assert group["lr"] == pytest.approx(1e-4 if in_encoder.pop() else 1e-3)
+        assert group["weight_decay"] == (0.0 if all(p.ndim <= 1 for p in group["params"]) else 0.01)
+    assert sum(len(g["params"]) for g in opt.param_groups) == len(list(model.parameters()))
+    sched = create_scheduler(opt, "linear_warmup_decay", total_steps=10, steps_per_epoch=5, warmup_epochs=1)
+    for _ in range(3):
+        opt.step()
+        sched.step()
+    lrs = sorted({round(g["lr"] / (1e-3 if id(g["params"][0]) not in encoder else 1e-4), 12) for g in opt.param_groups})
+    assert len(lrs) == 1  # every group at the same multiplier of its own base LR
+    with pytest.raises(ConfigError, match="^model.optimizer.encoder_lr_factor"):
+        create_optimizer(model, "adamw", lr=1e-3, encoder_lr_factor=0.0)

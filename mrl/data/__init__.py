@@ -1,9 +1,10 @@
-"""Data: DataModules for image classification and checked ImageFolder loading."""
+"""Data: DataModules (image and text, one shared base), checked ImageFolder loading, text readers."""
 
 from mrl.data.datamodules import (DATAMODULES, CIFAR10DataModule, CIFAR100DataModule, ClassificationDataModule,
-                                  DigitsDataModule, ImageFolderDataModule, ImageNetDataModule, create_datamodule)
+                                  DigitsDataModule, ImageDataModule, ImageFolderDataModule, ImageNetDataModule,
+                                  TextDataModule, create_datamodule)
 from mrl.data.image_folder import ImageFolderDataset, extract_archive, scan_image_folder
 
 __all__ = ["DATAMODULES", "CIFAR10DataModule", "CIFAR100DataModule", "ClassificationDataModule",
-           "DigitsDataModule", "ImageFolderDataModule", "ImageNetDataModule", "ImageFolderDataset",
-           "create_datamodule", "extract_archive", "scan_image_folder"]
+           "DigitsDataModule", "ImageDataModule", "ImageFolderDataModule", "ImageNetDataModule", "ImageFolderDataset",
+           "TextDataModule", "create_datamodule", "extract_archive", "scan_image_folder"]

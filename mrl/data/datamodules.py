@@ -26,7 +26,7 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
+from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset, default_collate
 from torchvision import transforms as T
 
 from mrl.data.image_folder import (ImageFolderDataset, check_same_classes, exclusive, extract_archive,
@@ -83,28 +83,32 @@ def create_datamodule(name: str, **kwargs: Any) -> ClassificationDataModule:
     return DATAMODULES[name](**kwargs)
 
 
-class ClassificationDataModule(L.LightningDataModule):
-    """Shared loader logic; subclasses fill ``train_set``/``val_set``/``test_set`` and ``class_names``."""
+def collate_images(samples: list[tuple[torch.Tensor, int]]) -> dict[str, torch.Tensor]:
+    """``[(image, label), ...] -> {"image": [B, C, H, W], "label": [B]}``: the batch dict of image data."""
+    images, labels = default_collate(samples)
+    return {"image": images, "label": labels}
 
-    in_chans = 3
+
+class ClassificationDataModule(L.LightningDataModule):
+    """What every labelled data set shares, image or text: batch sizes, workers, the seeded resumable training
+    order, unduplicated evaluation shards under DDP, validation modes, the splits for embedding. Subclasses fill
+    ``train_set``/``val_set``/``test_set``/``train_eval_set`` and ``class_names``, and set ``collate_fn``, which
+    turns a list of samples into the batch dict (``label`` plus what the encoder reads)."""
+
+    collate_fn: Callable[[list[Any]], dict[str, Any]] | None = None
 
     def __init__(self, batch_size: int = 128, num_workers: int | str = 0, eval_batch_size: int | None = None,
-                 pin_memory: bool | None = None, image_size: int | None = 32, seed: int = 0,
-                 validation: str = "holdout"):
+                 pin_memory: bool | None = None, seed: int = 0, validation: str = "holdout"):
         super().__init__()
         if batch_size < 1:
             raise ConfigError("data.batch_size", f"must be >= 1, got {batch_size}")
         if validation not in VALIDATION_MODES:
             raise ConfigError("data.validation", f"unknown mode {validation!r}",
                               f"choose one of {list(VALIDATION_MODES)} (holdout: part of train)")
-        if image_size is not None and (type(image_size) is not int or image_size <= 0):
-            raise ConfigError("data.image_size", f"must be a positive integer, got {image_size!r}",
-                              "e.g. data.image_size=32 (or null for image_folder to read it from the images)")
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size or batch_size
         self.num_workers = resolve_num_workers(num_workers)
         self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
-        self.image_size = image_size
         self.seed = seed
         self.validation = validation
         self.class_names: list[str] = []
@@ -142,7 +146,7 @@ class ClassificationDataModule(L.LightningDataModule):
     def _loader_kwargs(self) -> dict[str, Any]:
         # Own generator: creating an iterator draws worker seeds from it, not from the global RNG
         # that the model's dropout uses, so a resumed run draws the same model randomness.
-        return dict(num_workers=self.num_workers, pin_memory=self.pin_memory,
+        return dict(num_workers=self.num_workers, pin_memory=self.pin_memory, collate_fn=self.collate_fn,
                     persistent_workers=self.num_workers > 0, generator=torch.Generator().manual_seed(self.seed))
 
     def state_dict(self) -> dict[str, int]:
@@ -211,6 +215,21 @@ class ClassificationDataModule(L.LightningDataModule):
         self.val_set = Subset(source, order)
 
 
+class ImageDataModule(ClassificationDataModule):
+    """Image data: ``image_size`` and ``in_chans`` (what an image encoder is built for), batches
+    ``{"image": [B, C, H, W], "label": [B]}``."""
+
+    in_chans = 3
+    collate_fn = staticmethod(collate_images)
+
+    def __init__(self, image_size: int | None = 32, **kwargs: Any):
+        super().__init__(**kwargs)
+        if image_size is not None and (type(image_size) is not int or image_size <= 0):
+            raise ConfigError("data.image_size", f"must be a positive integer, got {image_size!r}",
+                              "e.g. data.image_size=32 (or null for image_folder to read it from the images)")
+        self.image_size = image_size
+
+
 def infer_image_size(samples: list[tuple[str, int]], max_images: int = 200) -> int:
     """The median shorter side of up to ``max_images`` evenly spaced training images, in pixels."""
     from PIL import Image
@@ -244,7 +263,7 @@ def resolve_num_workers(num_workers: int | str) -> int:
 
 
 @register_datamodule("digits")
-class DigitsDataModule(ClassificationDataModule):
+class DigitsDataModule(ImageDataModule):
     """scikit-learn's bundled UCI digits (1,797 real 8x8 grey images), upsampled to ``image_size``.
 
     Stratified, seeded split into train/val/test (``val_fraction``, ``test_fraction`` of the whole).
@@ -306,7 +325,7 @@ def stratified_holdout(targets: list[int], fraction: float, seed: int) -> tuple[
     return sorted(train.tolist()), sorted(val.tolist())
 
 
-class FolderDataModule(ClassificationDataModule):
+class FolderDataModule(ImageDataModule):
     """ImageFolder splits under one root: ``<root>/<train_split>/<class>/...`` and ``<root>/<eval_split>/...``.
 
     ``root`` may also be an archive (``.tar.gz``, ``.zip``) of such a tree, extracted once into
@@ -499,7 +518,7 @@ class ShardStreamLoader(DataLoader):
 
 
 @register_datamodule("webdataset")
-class ShardsDataModule(ClassificationDataModule):
+class ShardsDataModule(ImageDataModule):
     """WebDataset tar shards written by ``scripts/make_shards.py`` (:mod:`mrl.data.shards`), streamed.
 
     ``transform``: ``imagenet`` (random-resized crop and flip; resize and centre crop) or ``cifar`` (4-pixel
@@ -555,7 +574,7 @@ class ShardsDataModule(ClassificationDataModule):
         trainer = getattr(self, "trainer", None)
         # Workers start afresh each epoch (not persistent), so each sees the epoch set by the loader.
         return ShardStreamLoader(stream, batch_size=self.batch_size, num_workers=self.num_workers,
-                                 pin_memory=self.pin_memory,
+                                 pin_memory=self.pin_memory, collate_fn=self.collate_fn,
                                  epoch=lambda: trainer.current_epoch if trainer is not None else stream.epoch)
 
     def eval_dataloader(self, dataset) -> DataLoader:
@@ -564,9 +583,95 @@ class ShardsDataModule(ClassificationDataModule):
         if isinstance(dataset, EvalShardStream):  # it splits itself by rank and worker
             dataset.place(*distributed_rank_and_size())
             workers = min(self.num_workers, len(dataset.urls[dataset.rank::dataset.world]))
-            return DataLoader(dataset, batch_size=self.eval_batch_size, num_workers=workers, pin_memory=self.pin_memory)
+            return DataLoader(dataset, batch_size=self.eval_batch_size, num_workers=workers, pin_memory=self.pin_memory,
+                              collate_fn=self.collate_fn)
         return super().eval_dataloader(dataset)
 
     def split_dataset(self, split: str):
         raise ConfigError("data.name", "webdataset shards are streamed, and embedding needs indexed data",
                           "embed with data=imagenet (or image_folder) on the ImageFolder the shards were made from")
+
+
+@register_datamodule("text")
+class TextDataModule(ClassificationDataModule):
+    """Text classification (:mod:`mrl.data.text`): a shared format (``trec``, ``sst2``, ``ag_news``), local
+    ``tsv``/``csv``/``jsonl`` files with the columns named in config, or a Hugging Face data set (``hf``, by name,
+    downloaded once per node in :meth:`prepare_data`). Batches: the tokenizer's outputs (padded per batch, in the
+    loader workers) and ``label``.
+
+    ``tokenizer``: the text encoder's name (``hf/minilm``, ``hf/bert-base-uncased``, a local directory; the
+    presets take ``model.backbone.name``) and ``max_length`` its token limit. ``root``: a folder with one file per
+    split (the shared formats' file names, or ``<split>.<format>``), or for ``hf`` the data set's name.
+    ``splits``: which file splits are ``train`` and ``test`` (``{"train": "train", "test": "dev"}`` for SST-2,
+    whose test labels are hidden in the GLUE release). Validation ``holdout`` takes a class-stratified, seeded
+    ``val_fraction`` of train.
+    """
+
+    def __init__(self, format: str, root: str | None = None, tokenizer: str | None = None, max_length: int | None = None,
+                 splits: dict[str, str] | None = None, val_fraction: float = 0.1,
+                 options: dict[str, Any] | None = None, **kwargs: Any):
+        super().__init__(**kwargs)
+        from mrl.data.text import TEXT_FORMATS
+
+        if format not in TEXT_FORMATS:
+            raise ConfigError("data.format", f"unknown text format {format!r}", f"choose one of {sorted(TEXT_FORMATS)}")
+        if not root:
+            raise ConfigError("data.root", "is not set", "give the folder of the data files (or the HF data set name)")
+        if self.validation == "holdout":
+            check_fraction("data.val_fraction", val_fraction)
+        self.format, self.root, self.tokenizer_name, self.max_length = format, str(root), tokenizer, max_length
+        self.splits = {"train": "train", "test": "test", **dict(splits or {})}
+        unknown = sorted(set(self.splits) - {"train", "test"})
+        if unknown:
+            raise ConfigError("data.splits", f"names {unknown}, but only train and test are read",
+                              "map train and test to the file splits, e.g. {train: train, test: dev}")
+        self.val_fraction = val_fraction if self.validation == "holdout" else 0.0
+        self.options = dict(options or {})
+
+    def use_encoder(self, encoder: dict[str, Any]) -> None:
+        """Tokenise for ``encoder`` (a checkpoint's ``backbone`` settings): fills ``tokenizer``/``max_length``
+        left unset (``scripts/embed.py`` has no model config), and refuses ones set to another model's."""
+        name, limit = encoder.get("name"), encoder.get("max_length", 128)
+        for field, mine, theirs in (("tokenizer", self.tokenizer_name, name), ("max_length", self.max_length, limit)):
+            if mine is not None and mine != theirs:
+                raise ConfigError(f"data.{field}", f"is {mine!r} but the checkpoint's encoder has {theirs!r}",
+                                  f"set data.{field}={theirs} or leave it unset (null)")
+        self.tokenizer_name, self.max_length = name, limit
+
+    def prepare_data(self) -> None:
+        """Lightning calls this once per node (local rank 0) before :meth:`setup` on every rank: the one
+        download of a Hugging Face data set; local files need nothing."""
+        if self.format == "hf":
+            self._read()
+
+    def _read(self) -> dict[str, Any]:
+        from mrl.data.text import load_text_splits
+
+        read = load_text_splits(self.format, self.root, [self.splits["train"], self.splits["test"]], **self.options)
+        return {"train": read[self.splits["train"]], "test": read[self.splits["test"]]}
+
+    def _build(self) -> None:
+        from mrl.data.text import TokenizeCollate
+        from mrl.encoders import TEXT_PREFIX
+        from mrl.encoders.text import load_tokenizer
+
+        if self.tokenizer_name is None or self.max_length is None:
+            raise ConfigError("data.tokenizer", "is not set, so the texts cannot be tokenised",
+                              "set data.tokenizer=${model.backbone.name} and data.max_length (the presets do)")
+        data = self._read()
+        train, test = data["train"], data["test"]
+        self.class_names = list(train.class_names)
+        name = self.tokenizer_name[len(TEXT_PREFIX):] if self.tokenizer_name.startswith(TEXT_PREFIX) \
+            else self.tokenizer_name
+        self.collate_fn = TokenizeCollate(load_tokenizer(name), self.max_length)
+        holdout = None
+        if self.validation == "holdout":
+            fit_idx, val_idx = stratified_holdout(list(train.labels), self.val_fraction, self.seed)
+            self.train_set, holdout = Subset(train, fit_idx), Subset(train, val_idx)
+        else:
+            self.train_set = train
+        self.train_eval_set, self.test_set = self.train_set, test
+        self._assign_validation(holdout, test)
+
+    def split_signature(self) -> dict[str, Any]:
+        return {**super().split_signature(), "format": self.format, "splits": dict(self.splits)}

@@ -13,7 +13,7 @@ first convolution, no max-pool), a ViT gets ``img_size=image_size, patch_size=4`
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import urlparse
@@ -30,7 +30,8 @@ LOCAL_BACKBONES: dict[str, Callable[..., nn.Module]] = {}
 
 
 class Backbone(nn.Module):
-    """Uniform wrapper: ``forward(x) -> [B, width]``; ``width`` is the embedding size."""
+    """Uniform wrapper: ``forward(batch) -> [B, width]``; ``width`` is the embedding size. ``batch`` is a dict
+    holding ``image [B, C, H, W]`` (the encoders' contract) or that tensor itself."""
 
     def __init__(self, net: nn.Module, width: int, name: str):
         super().__init__()
@@ -38,8 +39,8 @@ class Backbone(nn.Module):
         self.width = int(width)
         self.name = name
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)
+    def forward(self, batch: torch.Tensor | Mapping[str, torch.Tensor]) -> torch.Tensor:
+        return self.net(batch["image"] if isinstance(batch, Mapping) else batch)
 
 
 def register_local(name: str):

@@ -193,7 +193,9 @@ class TextEncoder(nn.Module):
                               f"tokens but the input embeddings have {vocab_rows} rows",
                               "use the tokenizer saved with this model")
 
-        self.model = model
+        # from_pretrained leaves the model in eval mode (dropout off); a module starts in training mode, and
+        # Lightning switches modes from there (it warns about, and keeps, submodules found in eval mode).
+        self.model = model.train()
         self.tokenizer = tokenizer
         self.name = name_or_path
         self.pooling = pooling
