@@ -607,8 +607,8 @@ class TextDataModule(ClassificationDataModule):
     ``val_fraction`` of train.
     """
 
-    def __init__(self, format: str, root: str | None = None, tokenizer: str | None = None, max_length: int | None = None,
-                 splits: dict[str, str] | None = None, val_fraction: float = 0.1,
+    def __init__(self, format: str, root: str | None = None, tokenizer: str | None = None,
+                 max_length: int | None = None, splits: dict[str, str] | None = None, val_fraction: float = 0.1,
                  options: dict[str, Any] | None = None, **kwargs: Any):
         super().__init__(**kwargs)
         from mrl.data.text import TEXT_FORMATS
