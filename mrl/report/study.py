@@ -49,7 +49,7 @@ from mrl.embeddings import read_meta
 from mrl.heads import HEADS, model_label
 from mrl.report.run_tables import atomic_write_text, new_figure, new_panels, save_figure
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_PAPER_DIR = PROJECT_ROOT / "results" / "paper_reference"
 PAPER_LABEL = "paper (ResNet-50, ImageNet-1K)"
 # the tables read from a run directory: (required columns, integer columns, other numeric columns)
