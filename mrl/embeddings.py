@@ -62,7 +62,7 @@ def read_meta(path: str | Path) -> dict[str, Any]:
 
 
 DTYPES = {"float16": np.float16, "float32": np.float32}
-FILES = ("embeddings.npy", "labels.npy", "logits.npy", "meta.json")
+FILES = ("embeddings.npy", "labels.npy", "meta.json")  # logits.npy too when the model has a classifier
 
 
 @dataclass
@@ -71,7 +71,7 @@ class EmbeddingSplit:
 
     embeddings: np.ndarray
     labels: np.ndarray
-    logits: np.ndarray
+    logits: np.ndarray | None  # [G, N, C]; None for a model without a classifier
     meta: dict[str, Any]
     path: Path
 
@@ -251,19 +251,20 @@ def load_split(path: str | Path, mmap: bool = True) -> EmbeddingSplit:
     mode = "r" if mmap else None
     emb = np.load(path / "embeddings.npy", mmap_mode=mode)
     labels = np.load(path / "labels.npy", mmap_mode=mode)
-    logits = np.load(path / "logits.npy", mmap_mode=mode)
-    if emb.ndim != 2 or labels.ndim != 1 or logits.ndim != 3:
-        raise ConfigError("embeddings", f"{path}: arrays have shapes {emb.shape}, {labels.shape}, {logits.shape}",
+    logits = np.load(path / "logits.npy", mmap_mode=mode) if (path / "logits.npy").is_file() else None
+    if emb.ndim != 2 or labels.ndim != 1 or (logits is not None and logits.ndim != 3):
+        shapes = ", ".join(str(a.shape) for a in (emb, labels, logits) if a is not None)
+        raise ConfigError("embeddings", f"{path}: arrays have shapes {shapes}",
                           "expected [N, width], [N] and [G, N, C]; re-run scripts/embed.py")
-    if not (len(emb) == len(labels) == logits.shape[1]):
-        raise ConfigError("embeddings", f"{path}: {len(emb)} embeddings, {len(labels)} labels and "
-                          f"{logits.shape[1]} logit rows differ", "re-run scripts/embed.py for this split")
+    if len(emb) != len(labels) or (logits is not None and logits.shape[1] != len(emb)):
+        rows = f" and {logits.shape[1]} logit rows" if logits is not None else ""
+        raise ConfigError("embeddings", f"{path}: {len(emb)} embeddings, {len(labels)} labels{rows} differ",
+                          "re-run scripts/embed.py for this split")
     if labels.dtype != np.int64:
         raise ConfigError("embeddings", f"{path}: labels are {labels.dtype}, not int64", "re-run scripts/embed.py")
-    groups, _, classes = logits.shape
-    if groups != len(meta["nesting_dims"]) or classes != meta["num_classes"]:
-        raise ConfigError("embeddings", f"{path}/logits.npy has {groups} sizes and {classes} classes but meta.json "
-                          f"says {meta['nesting_dims']} and {meta['num_classes']}", REEMBED)
+    if logits is not None and (logits.shape[0] != len(meta["nesting_dims"]) or logits.shape[2] != meta["num_classes"]):
+        raise ConfigError("embeddings", f"{path}/logits.npy has {logits.shape[0]} sizes and {logits.shape[2]} classes "
+                          f"but meta.json says {meta['nesting_dims']} and {meta['num_classes']}", REEMBED)
     return EmbeddingSplit(emb, labels, logits, meta, path)
 
 

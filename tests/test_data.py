@@ -50,8 +50,9 @@ def test_image_folder_module_shares_class_indices_across_splits(tmp_path):
     for ds in (dm.train_set, dm.test_set):
         for path, y in ds.samples:
             assert dm.class_names[y] == path.split("/")[-2]
-    x, y = next(iter(dm.val_dataloader()))
-    assert x.shape == (4, 3, 32, 32) and y.dtype == torch.int64
+    batch = next(iter(dm.val_dataloader()))  # batches are dicts: what every encoder and task reads
+    assert set(batch) == {"image", "label"}
+    assert batch["image"].shape == (4, 3, 32, 32) and batch["label"].dtype == torch.int64
 
 
 def test_val_fraction_holds_out_part_of_train(tmp_path):
@@ -129,8 +130,7 @@ def test_cifar10_from_shared_tar(tmp_path):
     assert torch.bincount(torch.tensor(dm.test_set.targets)).tolist() == [1000] * 10
     held_out = dm.val_set.dataset
     assert torch.bincount(torch.tensor([held_out.dataset.targets[i] for i in held_out.indices])).tolist() == [500] * 10
-    x, y = next(iter(dm.train_dataloader()))
-    assert x.shape == (16, 3, 32, 32)
+    assert next(iter(dm.train_dataloader()))["image"].shape == (16, 3, 32, 32)
     image = Image.open(dm.test_set.samples[0][0])
     assert image.size == (32, 32)
 
@@ -155,5 +155,5 @@ def test_cifar10_from_torchvision_folder(tmp_path, monkeypatch):
     assert dm.class_names == CIFAR10_CLASSES
     assert len(dm.train_set) == 80 and len(dm.val_set) == 20 and len(dm.test_set) == 20
     assert len(dm.train_eval_set) == 100
-    x, y = next(iter(dm.split_dataloader("train")))
-    assert x.shape == (10, 3, 32, 32) and y.tolist() == list(range(10))
+    batch = next(iter(dm.split_dataloader("train")))
+    assert batch["image"].shape == (10, 3, 32, 32) and batch["label"].tolist() == list(range(10))

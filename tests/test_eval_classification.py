@@ -302,6 +302,31 @@ def test_robustness_full_class_sets():
 # evaluate(): baselines and errors on hand-made folders
 # --------------------------------------------------------------------------------------------------
 
+def test_embeddings_without_logits_are_evaluated_by_what_does_not_need_them(tmp_path):
+    """Logits are optional in embedding files (a model without a classifier writes none): retrieval and the
+    classifier-based evaluators run on the embeddings, and an evaluator that reads the stored logits (the
+    adaptive cascade, by its declared needs) is refused before anything is written."""
+    from mrl.evaluation.run import REGISTRY, evaluate
+
+    root, ckpt, head = _synthetic(tmp_path, "mrl", [4, 8, 16])
+    with_logits = evaluate({"embeddings_dir": str(root), "output_dir": str(tmp_path / "a"),
+                            "evaluators": ["classification", "retrieval"], "retrieval": {"ks": [10]}})
+    for split in ("train", "test"):
+        (root / split / "logits.npy").unlink()
+    without = evaluate({"embeddings_dir": str(root), "output_dir": str(tmp_path / "b"),
+                        "evaluators": ["classification", "retrieval"], "retrieval": {"ks": [10]}})
+    untimed = [[{k: v for k, v in r.items() if not k.endswith("_seconds")} for r in t["retrieval"]]
+               for t in (with_logits, without)]
+    assert untimed[0] == untimed[1]
+    assert [{k: v for k, v in r.items() if k != "logits_top1"} for r in with_logits["classification"]] \
+        == without["classification"]  # only the stored-logits check column is gone
+    assert {name for name, e in REGISTRY.items() if "logits" in e.needs} == {"adaptive_classification"}
+    with pytest.raises(ConfigError, match=r"^evaluators: \['adaptive_classification'\] read the per-size logits"):
+        evaluate({"embeddings_dir": str(root), "output_dir": str(tmp_path / "c"),
+                  "evaluators": ["retrieval", "adaptive_classification"]})
+    assert not (tmp_path / "c").exists()
+
+
 def test_baselines_on_an_ff_full_model(tmp_path):
     from mrl.evaluation.run import evaluate
 

@@ -257,7 +257,7 @@ def test_default_validation_is_a_stratified_shuffled_holdout_of_train(tmp_path):
     assert sorted(Path(p).parent.name for p in val_paths) == sorted("abcd" * 2)  # 2 per class
     first_batch = {Path(p).parent.name for p in val_paths[:4]}
     assert len(first_batch) > 1  # shuffled: a limit_val_batches subset is not one class
-    labels = torch.cat([y for _, y in dm.val_dataloader()])
+    labels = torch.cat([batch["label"] for batch in dm.val_dataloader()])
     assert len(labels) == 8
 
 

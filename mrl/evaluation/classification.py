@@ -181,9 +181,9 @@ def classification_sweep(train_split: Any, test_split: Any, head: Any, dims: Any
                           "embed both splits with the same checkpoint")
     dims = resolve_dims(dims, head_type, nesting_dims, width)
     num_classes = module.num_classes
-    if test.logits.shape[2] != num_classes:
+    if test.meta["num_classes"] != num_classes:
         raise ConfigError("ckpt_path", f"the head has {num_classes} classes but the embeddings have "
-                          f"{test.logits.shape[2]}", "use the checkpoint the embeddings were made with")
+                          f"{test.meta['num_classes']}", "use the checkpoint the embeddings were made with")
     rows = []
     for dim in dims:
         W, b = classifier_at(module, dim)

@@ -34,7 +34,7 @@ import os
 import time
 from collections.abc import Callable, Collection, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -44,9 +44,6 @@ from mrl.nesting import MIN_AUTO_DIM
 from mrl.report.run_tables import atomic_write_text, new_figure, save_figure, write_table
 
 log = logging.getLogger(__name__)
-
-EVALUATORS = ("classification", "adaptive_classification", "retrieval", "adaptive_retrieval", "baselines",
-              "robustness")
 
 DEFAULTS: dict[str, Any] = {
     "embeddings_dir": None,
@@ -121,10 +118,10 @@ def resolve_config(cfg: Mapping[str, Any] | None = None, **overrides: Any) -> di
         evaluators = [e.strip() for e in evaluators.split(",") if e.strip()]
     if not isinstance(evaluators, Sequence) or not evaluators:
         raise ConfigError("evaluators", f"expected a non-empty list, got {out['evaluators']!r}",
-                          f"choose from {list(EVALUATORS)}")
-    unknown = [e for e in evaluators if e not in EVALUATORS]
+                          f"choose from {list(REGISTRY)}")
+    unknown = [e for e in evaluators if e not in REGISTRY]
     if unknown:
-        raise ConfigError("evaluators", f"unknown evaluator(s) {unknown}", f"choose from {list(EVALUATORS)}")
+        raise ConfigError("evaluators", f"unknown evaluator(s) {unknown}", f"choose from {list(REGISTRY)}")
     out["evaluators"] = list(dict.fromkeys(evaluators))
     if out["robustness"] is None:
         out["robustness"] = {}
@@ -366,7 +363,7 @@ def _run_classification(ctx: dict, plan: dict, out: Path) -> list[dict]:
                                 knn=plan["knn"], ks=plan["ks"], progress=_progress("classification", len(ctx["dims"])))
     # the stored per-size logits, at trained sizes: a check of the embeddings against the checkpoint
     test, dims = ctx["test"], ctx["nesting_dims"]
-    for row in rows:
+    for row in rows if test.logits is not None else ():
         if row["dim"] in dims:
             logits = np.asarray(test.logits[dims.index(row["dim"])], dtype=np.float32)
             row["logits_top1"] = 100.0 * float(np.mean(logits.argmax(1) == test.labels))
@@ -598,16 +595,30 @@ def _run_robustness(ctx: dict, plan: dict, out: Path) -> list[dict]:
     return rows
 
 
-PLANS: dict[str, Callable[[dict, dict], dict[str, Any]]] = {
-    "classification": _plan_classification, "adaptive_classification": _plan_adaptive_classification,
-    "retrieval": _plan_retrieval, "adaptive_retrieval": _plan_adaptive_retrieval, "baselines": _plan_baselines,
-    "robustness": _plan_robustness}
-RUNNERS: dict[str, Callable[[dict, dict, Path], list[dict]]] = {
-    "classification": _run_classification, "adaptive_classification": _run_adaptive_classification,
-    "retrieval": _run_retrieval, "adaptive_retrieval": _run_adaptive_retrieval, "baselines": _run_baselines,
-    "robustness": _run_robustness}
-NEEDS_TRAIN = {"classification", "retrieval", "adaptive_retrieval", "baselines"}
-NEEDS_HEAD = {"classification", "baselines", "robustness"}
+class Evaluator(NamedTuple):
+    """One evaluator: ``plan(ctx, cfg)`` checks its settings before anything is written, ``run(ctx, plan, out)``
+    writes its tables. ``needs``: what it reads beyond the test split's embeddings and labels: ``train`` (the
+    train split, the retrieval database), ``head`` (the checkpoint's classifiers), ``logits`` (the per-size
+    logits stored with the embeddings, which a model without a classifier does not write)."""
+
+    plan: Callable[[dict, dict], dict[str, Any]]
+    run: Callable[[dict, dict, Path], list[dict]]
+    needs: frozenset[str]
+
+
+REGISTRY: dict[str, Evaluator] = {
+    "classification": Evaluator(_plan_classification, _run_classification, frozenset({"train", "head"})),
+    "adaptive_classification": Evaluator(_plan_adaptive_classification, _run_adaptive_classification,
+                                         frozenset({"logits"})),
+    "retrieval": Evaluator(_plan_retrieval, _run_retrieval, frozenset({"train"})),
+    "adaptive_retrieval": Evaluator(_plan_adaptive_retrieval, _run_adaptive_retrieval, frozenset({"train"})),
+    "baselines": Evaluator(_plan_baselines, _run_baselines, frozenset({"train", "head"})),
+    "robustness": Evaluator(_plan_robustness, _run_robustness, frozenset({"head"})),
+}
+
+
+def _needing(what: str, evaluators: Collection[str]) -> list[str]:
+    return [name for name in evaluators if what in REGISTRY[name].needs]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -651,7 +662,7 @@ def evaluate(cfg: Mapping[str, Any] | None = None, command: str | None = None,
         raise ConfigError("output_dir", f"{out} is a file", "give a folder for the tables")
     evaluators = cfg["evaluators"]
     test = load_split(emb_dir / "test")
-    train = load_split(emb_dir / "train") if NEEDS_TRAIN & set(evaluators) else None
+    train = load_split(emb_dir / "train") if _needing("train", evaluators) else None
     if train is not None and (train.meta.get("checkpoint") != test.meta.get("checkpoint")
                               or train.width != test.width):
         raise ConfigError("embeddings_dir", f"train/ and test/ under {emb_dir} come from different checkpoints",
@@ -659,7 +670,10 @@ def evaluate(cfg: Mapping[str, Any] | None = None, command: str | None = None,
     head = None
     head_type, nesting_dims = test.meta["head"], list(test.meta["nesting_dims"])
     ckpt_path = cfg["ckpt_path"] or test.meta.get("checkpoint")
-    if NEEDS_HEAD & set(evaluators) or cfg["ckpt_path"]:
+    if test.logits is None and _needing("logits", evaluators):
+        raise ConfigError("evaluators", f"{_needing('logits', evaluators)} read the per-size logits, but "
+                          f"{emb_dir}/test has none (a model without a classifier)", "drop them from evaluators")
+    if _needing("head", evaluators) or cfg["ckpt_path"]:
         if not ckpt_path:
             raise ConfigError("ckpt_path", "is not set and the embeddings do not record their checkpoint",
                               "give ckpt_path=/path/to/checkpoint.ckpt")
@@ -679,7 +693,7 @@ def evaluate(cfg: Mapping[str, Any] | None = None, command: str | None = None,
     model = model_label(head_type, nesting_dims)
     ctx = {"train": train, "test": test, "head": head, "head_type": head_type, "nesting_dims": nesting_dims,
            "dims": dims, "num_classes": test.meta["num_classes"], "label": f"{model}, {_run_name(ckpt_path, emb_dir)}"}
-    plans = {name: PLANS[name](ctx, cfg) for name in evaluators}
+    plans = {name: REGISTRY[name].plan(ctx, cfg) for name in evaluators}
 
     out.mkdir(parents=True, exist_ok=True)
     resolved = {"resolved": {"ckpt_path": str(ckpt_path) if ckpt_path else None, "head": head_type,
@@ -690,7 +704,7 @@ def evaluate(cfg: Mapping[str, Any] | None = None, command: str | None = None,
     for i, name in enumerate(evaluators, 1):
         log.info("%s (%d/%d): %s", name, i, len(evaluators), ctx["label"])
         t0 = time.perf_counter()
-        tables[name] = RUNNERS[name](ctx, plans[name], out)
+        tables[name] = REGISTRY[name].run(ctx, plans[name], out)
         log.info("%s: done in %.1f s -> %s", name, time.perf_counter() - t0, out / f"{name}.md")
     if ckpt_path:
         _log_to_training_run(tables, Path(str(ckpt_path)), cfg["wandb"])
