@@ -95,7 +95,7 @@ collect_model() {  # the small outputs of a finished model into results, committ
     # Retried: a git command of someone working in the same checkout may hold the index lock for a moment.
     local try
     for try in 1 2 3 4 5 6; do
-      if (cd "$out" && git add . && git commit -q -m "CIFAR-10 study: $name (metrics, curves, evaluator tables, configs, commands)" -- .); then
+      if (cd "$out" && git add . && git commit -q -m "Study $(basename "$RESULTS_DIR"): $name (metrics, curves, evaluator tables, configs, commands)" -- .); then
         echo "committed $out"; return
       fi
       sleep $((try * 5))
