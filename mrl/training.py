@@ -56,6 +56,9 @@ def build_module(model_cfg: dict, datamodule) -> MatryoshkaModule:
     backbone = dict(cfg.pop("backbone"))
     if is_text_encoder(backbone.get("name")):
         check_tokenizer_matches(backbone, datamodule)
+    elif not hasattr(datamodule, "image_size"):
+        raise ConfigError("model.backbone.name", f"is the image encoder {backbone.get('name')!r} but the data is text",
+                          "choose a text encoder (model=minilm, or model.backbone.name=hf/<model>)")
     else:
         backbone = {"in_chans": datamodule.in_chans, "image_size": datamodule.image_size, **backbone}
     num_classes = cfg.pop("num_classes", None)

@@ -141,3 +141,25 @@ def test_script_prints_one_line_and_exits_2(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines()[-1] == (
         "error: model.nesting_dims: must be strictly increasing, got [32, 16]; sort it: [16, 32]")
+
+
+TREC_ROOT = f"data.root={PROJECT_ROOT.parent / 'shared' / 'data' / 'text' / 'trec'}"
+
+
+@pytest.mark.parametrize("overrides,match", [
+    # an image encoder on text data
+    (["data=trec", TREC_ROOT, "data.tokenizer=hf/minilm", "data.max_length=64"],
+     r"^model.backbone.name: is the image encoder 'mlp' but the data is text; choose a text encoder"),
+    # the data tokenises for another token limit than the encoder's
+    (["+experiment=trec_minilm", TREC_ROOT, "data.max_length=32"],
+     r"^data.max_length: is 32 but model.backbone.max_length is 64"),
+    # a text encoder on image data
+    (["model.backbone.name=hf/minilm"], r"^data.name: 'digits' is image data but model.backbone.name is the text"),
+    # a hub model that is not cached, with the hub offline: say so, and how to point at a local copy
+    (["+experiment=trec_minilm", TREC_ROOT, "model.backbone.name=hf/nonexistent-org/xyz", "data.tokenizer=null"],
+     r"^data.tokenizer: is not set"),
+])
+def test_text_encoder_and_data_mismatches_fail_before_training(make_cfg, tmp_path, overrides, match):
+    with pytest.raises(ConfigError, match=match):
+        train(make_cfg(*overrides))
+    assert not (tmp_path / "run" / "checkpoints").exists()
