@@ -39,9 +39,9 @@ def reference_runs(project_root: str | Path, out_dir: str | Path) -> dict[str, d
     results = {}
     for name, overrides in RUNS.items():
         run = Path(out_dir) / name
-        proc = subprocess.run([sys.executable, "scripts/train.py", *overrides, "logger=csv", "callbacks.progress_bar=none",
-                               f"hydra.run.dir={run}"], cwd=project_root, env=env, capture_output=True, text=True,
-                              timeout=900)
+        command = [sys.executable, "scripts/train.py", *overrides, "logger=csv", "callbacks.progress_bar=none",
+                   f"hydra.run.dir={run}"]
+        proc = subprocess.run(command, cwd=project_root, env=env, capture_output=True, text=True, timeout=900)
         assert proc.returncode == 0, proc.stderr[-3000:]
         rows = json.loads((run / "metrics_by_dim.json").read_text())["rows"]
         state = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)["state_dict"]
