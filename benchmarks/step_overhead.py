@@ -66,7 +66,7 @@ def run_framework(loader, steps: int) -> float:
 
 def run_bare(loader, steps: int) -> float:
     module = make_module()
-    model, criterion = module.model.train(), module.criterion
+    model, criterion = torch.nn.Sequential(module.encoder, module.task.head).train(), module.task.criterion
     optimizer = create_optimizer(model, **OPTIMIZER)
     start = time.perf_counter()
     for x, y in loader:

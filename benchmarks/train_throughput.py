@@ -133,7 +133,9 @@ def run_framework(args, dm) -> float:
 
 def run_bare(args, dm) -> float:
     module = make_module(args, dm)
-    model, criterion = module.model.to(args.device).train(), module.criterion.to(args.device)
+    # the same encoder, head and loss as the framework's, in a plain loop
+    model = torch.nn.Sequential(module.encoder, module.task.head).to(args.device).train()
+    criterion = module.task.criterion.to(args.device)
     memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
     optimizer = create_optimizer(model, **MODEL["optimizer"])
     loader = torch.utils.data.DataLoader(dm.train_set, batch_size=args.batch_size, shuffle=True, drop_last=True,

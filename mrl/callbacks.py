@@ -64,10 +64,9 @@ class WandbSizeSummaries(L.Callback):
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         for logger in trainer.loggers:
             if isinstance(logger, WandbLogger):
-                for m in pl_module.nesting_dims:
-                    for k in (1, 5):
-                        logger.experiment.define_metric(f"val/top{k}@{m}", summary="max,last")
-                logger.experiment.define_metric("val/loss", summary="min,last")
+                for key in pl_module.task.monitor_keys():
+                    best = "min" if key.split("/")[-1].startswith("loss") else "max"
+                    logger.experiment.define_metric(key, summary=f"{best},last")
 
 
 class EpochSummary(L.Callback):
@@ -84,7 +83,7 @@ class EpochSummary(L.Callback):
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         metrics = trainer.callback_metrics
         parts = [f"epoch {trainer.current_epoch + 1}/{trainer.max_epochs}", f"step {trainer.global_step}"]
-        for key in ("train/loss", f"val/top1@{pl_module.nesting_dims[-1]}", "val/loss"):
+        for key in dict.fromkeys(("train/loss", pl_module.task.default_monitor, "val/loss")):
             if key in metrics:
                 parts.append(f"{key} {float(metrics[key]):.4g}")
         parts.append(f"{time.monotonic() - self._start:.1f} s")

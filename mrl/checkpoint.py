@@ -31,6 +31,7 @@ def read_checkpoint(path: str | Path, field: str = "ckpt_path",
     if meta is None or "state_dict" not in ckpt:
         raise ConfigError(field, f"{path} is not an mrl checkpoint (no '{CHECKPOINT_KEY}' or 'state_dict' entry)",
                           "give a checkpoint written by scripts/train.py")
+    upgrade_checkpoint(ckpt)
     return ckpt, meta
 
 
@@ -44,15 +45,41 @@ class LoadedHead(NamedTuple):
 
 
 class LoadedModel(NamedTuple):
-    """What :func:`load_model` returns: the LightningModule (``module.model`` is the network: encoder + head,
-    ``module.model.head`` the head) and the checkpoint's Matryoshka metadata (head, nesting_dims, num_classes,
-    class_names, width, backbone, data_split)."""
+    """What :func:`load_model` returns: the LightningModule (``module.encoder`` the encoder, ``module.task`` the
+    task with its heads: ``module.task.head`` for classification) and the checkpoint's Matryoshka metadata (task,
+    head, nesting_dims, num_classes, class_names, width, encoder, data_split)."""
 
     module: Any
     meta: dict[str, Any]
 
 
-HEAD_STATE_PREFIX = "model.head."
+HEAD_STATE_PREFIX = "task.head."
+# State-dict prefixes of checkpoints written before the task refactor (encoder and head inside one "model").
+LEGACY_PREFIXES = {"model.backbone.": "encoder.", "model.head.": "task.head."}
+
+
+def upgrade_state_dict(state: dict[str, Any]) -> dict[str, Any]:
+    """``state`` with the keys of checkpoints from before :mod:`mrl.tasks` renamed to today's (a new dict; an
+    up-to-date state dict comes back unchanged)."""
+    def rename(key: str) -> str:
+        for old, new in LEGACY_PREFIXES.items():
+            if key.startswith(old):
+                return new + key[len(old):]
+        return key
+
+    return {rename(k): v for k, v in state.items()}
+
+
+def upgrade_checkpoint(ckpt: dict[str, Any]) -> dict[str, Any]:
+    """Bring an older checkpoint's contents up to date in place (state-dict keys; the metadata's ``task`` and
+    ``encoder``), so that resuming, loading and evaluating read one format. Returns ``ckpt``."""
+    if "state_dict" in ckpt:
+        ckpt["state_dict"] = upgrade_state_dict(ckpt["state_dict"])
+    meta = ckpt.get(CHECKPOINT_KEY)
+    if isinstance(meta, dict):
+        meta.setdefault("task", "classification")
+        meta.setdefault("encoder", meta.get("backbone"))
+    return ckpt
 
 
 def check_head_type(expected: str | None, actual: str, source: str = "the checkpoint") -> None:
@@ -79,6 +106,9 @@ def load_head(path: str | Path, expected_head: str | None = None, field: str = "
 
     ckpt, meta = read_checkpoint(path, field)
     path = Path(path).expanduser()
+    if meta["task"] != "classification":
+        raise ConfigError(field, f"{path} is a '{meta['task']}' checkpoint: it has no classification head",
+                          "run the evaluators that need embeddings only (retrieval, adaptive_retrieval)")
     state = {k[len(HEAD_STATE_PREFIX):]: v.detach().float().cpu()
              for k, v in ckpt["state_dict"].items() if k.startswith(HEAD_STATE_PREFIX)}
     if not state:
@@ -96,10 +126,12 @@ def load_model(path: str | Path, expected_head: str | None = None, field: str = 
     """The whole model of a checkpoint written by ``scripts/train.py`` (the one way embedding, evaluation and
     robustness load one): the LightningModule rebuilt from the checkpoint's own hyperparameters, its weights
     loaded (CPU, eval mode), and the Matryoshka metadata. The encoder's pretrained weights are never fetched
-    again: they are in the checkpoint.
+    again: they are in the checkpoint. Checkpoints from before the task refactor load too (see
+    :func:`upgrade_checkpoint`).
 
         module, meta = mrl.load_model("runs/x/checkpoints/last.ckpt")
-        z = module.embed(images)                   # [B, width]; z[:, :m] is the size-m embedding
+        z = module.embed({"image": images})        # [B, width]; z[:, :m] is the size-m embedding
+        logits = module.task.head(z)               # [G, B, C] (classification)
     """
     from mrl.lightning import MatryoshkaModule
 

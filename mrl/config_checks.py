@@ -462,8 +462,10 @@ def _check_registered_names(get) -> None:
     from mrl.data import DATAMODULES
     from mrl.heads import HEADS
     from mrl.optim import OPTIMIZERS, SCHEDULERS
+    from mrl.tasks import TASKS
 
     for field, what, names in (("data.name", "data set", sorted(DATAMODULES)),
+                               ("model.task", "task", sorted(TASKS)),
                                ("model.head", "head type", sorted(HEADS)),
                                ("model.optimizer.name", "optimizer", list(OPTIMIZERS)),
                                ("model.scheduler.name", "schedule", list(SCHEDULERS))):

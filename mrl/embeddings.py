@@ -4,8 +4,8 @@ Layout of ``<root>/<split>/`` (every evaluator reads these, so a large database 
 
     embeddings.npy   [N, width]       float16 or float32, memory-mappable
     labels.npy       [N]              int64 (the paper's float16 labels break above 2048 classes)
-    logits.npy       [G, N, C]        logits at each trained nesting size
-    meta.json        head, nesting_dims, width, num_classes, class_names, checkpoint, split, ...
+    logits.npy       [G, N, C]        logits at each trained nesting size (a model with a classifier only)
+    meta.json        task, head, nesting_dims, width, num_classes, class_names, checkpoint, split, ...
 
 Arrays are written chunk by chunk into memory-mapped ``.npy`` files inside a temporary folder that is
 renamed into place only when complete, with ``meta.json`` last: a crash leaves no folder that a later
@@ -41,7 +41,8 @@ def _positive_int(value: Any) -> bool:
 
 def read_meta(path: str | Path) -> dict[str, Any]:
     """``meta.json`` of an embedding folder (``path`` is the file), checked: a JSON object with ``head`` (mrl,
-    mrle or ff), ``nesting_dims`` (a non-empty list of positive ints) and ``num_classes`` (a positive int)."""
+    mrle or ff), ``nesting_dims`` (a non-empty list of positive ints) and ``num_classes`` (a positive int, or null
+    for a model without a classifier)."""
     path = Path(path)
     try:
         meta = json.loads(path.read_text())
@@ -54,10 +55,11 @@ def read_meta(path: str | Path) -> dict[str, Any]:
         raise ConfigError("embeddings", f"{path} lacks {missing}", REEMBED)
     dims = meta["nesting_dims"]
     if meta["head"] not in HEADS or not isinstance(dims, list) or not dims \
-            or not all(_positive_int(d) for d in dims) or not _positive_int(meta["num_classes"]):
+            or not all(_positive_int(d) for d in dims) \
+            or not (meta["num_classes"] is None or _positive_int(meta["num_classes"])):
         raise ConfigError("embeddings", f"{path} has head {meta['head']!r}, nesting_dims {dims!r} and num_classes "
                           f"{meta['num_classes']!r}; expected one of {sorted(HEADS)}, a list of positive ints and "
-                          "a positive int", REEMBED)
+                          "a positive int or null", REEMBED)
     return meta
 
 
@@ -90,18 +92,23 @@ def _check_dtype(dtype: str) -> np.dtype:
     return DTYPES[dtype]
 
 
-def _open_arrays(folder: Path, n: int, width: int, num_sizes: int, num_classes: int, np_dtype, mode: str = "w+"):
-    """``(embeddings [n, width], labels [n], logits [G, n, C])`` as memory-mapped ``.npy`` files."""
+def _open_arrays(folder: Path, n: int, width: int, num_sizes: int, num_classes: int | None, np_dtype,
+                 mode: str = "w+"):
+    """``(embeddings [n, width], labels [n], logits [G, n, C] or None)`` as memory-mapped ``.npy`` files (no
+    logits file when ``num_classes`` is None: a model without a classifier)."""
+    logits = None if num_classes is None else np.lib.format.open_memmap(
+        folder / "logits.npy", mode=mode, dtype=np_dtype, shape=(num_sizes, n, num_classes))
     return (np.lib.format.open_memmap(folder / "embeddings.npy", mode=mode, dtype=np_dtype, shape=(n, width)),
-            np.lib.format.open_memmap(folder / "labels.npy", mode=mode, dtype=np.int64, shape=(n,)),
-            np.lib.format.open_memmap(folder / "logits.npy", mode=mode, dtype=np_dtype,
-                                      shape=(num_sizes, n, num_classes)))
+            np.lib.format.open_memmap(folder / "labels.npy", mode=mode, dtype=np.int64, shape=(n,)), logits)
+
+
+def _module_arrays(module, folder: Path, n: int, np_dtype):
+    return _open_arrays(folder, n, module.width, len(module.nesting_dims), module.task.num_logits, np_dtype)
 
 
 def _split_meta(module, split: str, n: int, dtype: str, meta: dict[str, Any] | None) -> dict[str, Any]:
-    return {"split": split, "num_samples": n, "width": module.model.width, "nesting_dims": list(module.nesting_dims),
-            "num_classes": module.hparams.num_classes, "head": module.head_type, "dtype": dtype,
-            "class_names": module.class_names, **(meta or {})}
+    return {"split": split, "num_samples": n, "width": module.width, "nesting_dims": list(module.nesting_dims),
+            "num_classes": None, "class_names": None, **module.task.metadata(), "dtype": dtype, **(meta or {})}
 
 
 def _publish(tmp: Path, final: Path, info: dict[str, Any]) -> Path:
@@ -132,8 +139,7 @@ def embed_split(module: torch.nn.Module, loader: DataLoader, root: str | Path, s
 
     module = module.to(device).eval()
     n = len(loader.dataset)
-    emb, labels, logits = _open_arrays(tmp, n, module.model.width, len(module.nesting_dims),
-                                       module.hparams.num_classes, np_dtype)
+    emb, labels, logits = _module_arrays(module, tmp, n, np_dtype)
     start = 0
     device_type = torch.device(device).type
     try:
@@ -143,17 +149,18 @@ def embed_split(module: torch.nn.Module, loader: DataLoader, root: str | Path, s
             inputs = {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v
                       for k, v in batch.items()}
             with torch.autocast(device_type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-                z = module.embed(inputs)
-                out = module.model.head(z)
+                out = module.predict_step(inputs, 0)
             stop = start + len(y)
-            emb[start:stop] = z.float().cpu().numpy()
-            logits[:, start:stop] = out.float().cpu().numpy()
+            emb[start:stop] = out["embeddings"].float().cpu().numpy()
+            if logits is not None:
+                logits[:, start:stop] = out["logits"].float().cpu().numpy()
             labels[start:stop] = y.numpy()
             start = stop
         if start != n:
             raise RuntimeError(f"loader yielded {start} rows for a dataset of {n}")
         for array in (emb, labels, logits):
-            array.flush()
+            if array is not None:
+                array.flush()
         del emb, labels, logits
         return _publish(tmp, root / split, _split_meta(module, split, n, dtype, meta))
     except BaseException:
@@ -187,8 +194,7 @@ class EmbeddingWriter(L.Callback):
         shard = self._shard(self.rank)
         shard.mkdir(parents=True, exist_ok=True)
         self.rows = len(range(self.rank, self.num_samples, self.world))
-        self.arrays = _open_arrays(shard, self.rows, pl_module.model.width, len(pl_module.nesting_dims),
-                                   pl_module.hparams.num_classes, self.np_dtype)
+        self.arrays = _module_arrays(pl_module, shard, self.rows, self.np_dtype)
         self.done = 0
         self._next_report = self.progress_every
 
@@ -197,7 +203,8 @@ class EmbeddingWriter(L.Callback):
         emb, labels, logits = self.arrays
         stop = self.done + len(outputs["labels"])
         emb[self.done:stop] = outputs["embeddings"].float().cpu().numpy()
-        logits[:, self.done:stop] = outputs["logits"].float().cpu().numpy()
+        if logits is not None:
+            logits[:, self.done:stop] = outputs["logits"].float().cpu().numpy()
         labels[self.done:stop] = outputs["labels"].cpu().numpy()
         self.done = stop
         if trainer.is_global_zero and not trainer.progress_bar_callback and stop >= self._next_report * self.rows:
@@ -209,18 +216,18 @@ class EmbeddingWriter(L.Callback):
         if self.done != self.rows:
             raise RuntimeError(f"rank {self.rank} embedded {self.done} rows of {self.rows}")
         for array in self.arrays:
-            array.flush()
-        shape = self.arrays[2].shape
+            if array is not None:
+                array.flush()
         del self.arrays
         trainer.strategy.barrier("embedding shards")
         if trainer.is_global_zero:
             if self.world > 1:
-                self._interleave(shape[0], pl_module.model.width, shape[2])
+                self._interleave(len(pl_module.nesting_dims), pl_module.width, pl_module.task.num_logits)
             _publish(self.tmp, self.root / self.split, _split_meta(pl_module, self.split, self.num_samples,
                                                                   self.dtype, self.meta))
         trainer.strategy.barrier("embedding published")
 
-    def _interleave(self, num_sizes: int, width: int, num_classes: int, chunk: int = 65536) -> None:
+    def _interleave(self, num_sizes: int, width: int, num_classes: int | None, chunk: int = 65536) -> None:
         """Shard ``r`` holds rows ``r, r+W, ...``: copy them into their places, a chunk at a time."""
         final = _open_arrays(self.tmp, self.num_samples, width, num_sizes, num_classes, self.np_dtype)
         for rank in range(self.world):
@@ -232,11 +239,13 @@ class EmbeddingWriter(L.Callback):
                 positions = slice(rank + start * self.world, rank + stop * self.world, self.world)
                 final[0][positions] = shard[0][start:stop]
                 final[1][positions] = shard[1][start:stop]
-                final[2][:, positions] = shard[2][:, start:stop]
+                if num_classes is not None:
+                    final[2][:, positions] = shard[2][:, start:stop]
             del shard
             shutil.rmtree(shard_dir)
         for array in final:
-            array.flush()
+            if array is not None:
+                array.flush()
 
 
 def load_split(path: str | Path, mmap: bool = True) -> EmbeddingSplit:
@@ -283,7 +292,8 @@ def embed_checkpoint(ckpt_path: str | Path, datamodule, root: str | Path, splits
 
     kwargs = {key: value for key, value in apply_process_env(trainer or {}).items() if key in PREDICT_TRAINER_KEYS}
     kwargs.setdefault("enable_progress_bar", sys.stderr.isatty())  # else EmbeddingWriter prints plain lines
-    meta = {"checkpoint": str(path.resolve()), "backbone": module.hparams.backbone.get("name")}
+    meta = {"checkpoint": str(path.resolve()), "encoder": module.hparams.backbone.get("name"),
+            "backbone": module.hparams.backbone.get("name")}
     written = {}
     for split in splits:
         num_samples = len(datamodule.split_dataset(split))

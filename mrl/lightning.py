@@ -1,4 +1,4 @@
-"""LightningModule that trains a :class:`~mrl.model.MatryoshkaClassifier` with the Matryoshka loss."""
+"""The LightningModule every task shares: encoder + task (heads, Matryoshka loss, per-size metrics)."""
 
 from __future__ import annotations
 
@@ -9,13 +9,12 @@ from typing import Any
 import lightning as L
 import torch
 
-from mrl.checkpoint import CHECKPOINT_KEY, read_checkpoint
+from mrl.checkpoint import CHECKPOINT_KEY, read_checkpoint, upgrade_checkpoint, upgrade_state_dict
+from mrl.encoders import create_encoder
 from mrl.errors import ConfigError
-from mrl.losses import CrossEntropy, MatryoshkaLoss
-from mrl.metrics import SizeAccuracy
-from mrl.model import create_model
-from mrl.nesting import resolve_loss_weights
+from mrl.nesting import resolve_loss_weights, resolve_nesting_dims
 from mrl.optim import create_optimizer, create_scheduler
+from mrl.tasks import create_task
 
 
 
@@ -34,71 +33,79 @@ def as_batch(batch: Any) -> dict[str, Any]:
 
 
 class MatryoshkaModule(L.LightningModule):
-    """Backbone + Matryoshka head + loss, with per-size accuracy.
+    """The LightningModule every task shares: an encoder (batch dict -> embedding ``z [B, width]``) and a task
+    (:mod:`mrl.tasks`: heads, per-prefix loss and per-size metrics on ``z``), with the optimiser, schedule,
+    checkpoint metadata and the non-finite-loss guard.
 
-    Logs ``train/loss`` (and ``train/loss@{m}``), and for ``val``/``test``: ``{stage}/top1@{m}``,
-    ``{stage}/top5@{m}`` and their means over sizes. Plain keyword arguments only, so
-    ``MatryoshkaModule.load_from_checkpoint(path)`` rebuilds the model without Hydra.
+    Logs ``train/loss`` (and ``train/loss@{m}``), and for ``val``/``test`` what the task computes (classification:
+    ``{stage}/top1@{m}``, ``{stage}/top5@{m}``, their means over sizes and ``{stage}/loss``). Plain keyword
+    arguments only, so :func:`mrl.load_model` rebuilds the model from a checkpoint without Hydra.
 
     Args:
-        backbone: arguments of :func:`mrl.encoders.image.create_backbone` (``name``, ``pretrained``, ...).
-        head: ``mrl``, ``mrle`` or ``ff``.
+        backbone: arguments of :func:`mrl.encoders.create_encoder` (``name``, ``pretrained``, ...).
+        task: a name of :data:`mrl.tasks.TASKS` (``classification``).
         nesting_dims: ``"auto"`` or a strictly increasing list of sizes.
         loss_weights: per-size weights of the loss (``None``: all ones).
         optimizer: arguments of :func:`mrl.optim.create_optimizer`; ``lr_reference_batch`` (if set)
             scales ``lr`` by ``global_batch / lr_reference_batch``, the linear scaling rule.
         scheduler: ``name`` and arguments of :func:`mrl.optim.create_scheduler` (``warmup_epochs``...).
-        class_names: class index -> name, stored in checkpoints so indices stay meaningful.
         channels_last: NHWC weights and inputs (faster convolutions under bf16 on tensor cores).
-        compile: ``torch.compile`` the network in place (``nn.Module.compile``, so state-dict keys and
+        compile: ``torch.compile`` the encoder and task in place (``nn.Module.compile``, so state-dict keys and
             checkpoints stay those of the eager model); ``True`` or a dict of ``torch.compile`` options
             (``mode``, ``dynamic``, ...).
+        task_args: the task's own arguments (classification: ``num_classes``, ``head`` = ``mrl`` | ``mrle`` |
+            ``ff``, ``label_smoothing``, ``class_names``).
     """
 
-    def __init__(self, backbone: Mapping[str, Any], num_classes: int, head: str = "mrl",
+    def __init__(self, backbone: Mapping[str, Any], task: str = "classification",
                  nesting_dims: str | Sequence[int] = "auto", loss_weights: Sequence[float] | None = None,
-                 label_smoothing: float = 0.0, optimizer: Mapping[str, Any] | None = None,
-                 scheduler: Mapping[str, Any] | None = None, class_names: Sequence[str] | None = None,
-                 channels_last: bool = False, compile: bool | Mapping[str, Any] = False):
+                 optimizer: Mapping[str, Any] | None = None, scheduler: Mapping[str, Any] | None = None,
+                 channels_last: bool = False, compile: bool | Mapping[str, Any] = False, **task_args: Any):
         super().__init__()
         self.save_hyperparameters()
-        self.model = create_model(dict(backbone), head=head, num_classes=num_classes, nesting_dims=nesting_dims)
-        self.nesting_dims = self.model.nesting_dims
-        if not 0.0 <= label_smoothing < 1.0:
-            raise ConfigError("model.label_smoothing", f"must be in [0, 1), got {label_smoothing}")
-        self.criterion = MatryoshkaLoss(CrossEntropy(label_smoothing),
-                                        resolve_loss_weights(loss_weights, self.nesting_dims))
+        self.encoder = create_encoder(**dict(backbone))
+        # An FF-k model uses a k-dim prefix by design; for MRL a missing full width is worth a warning.
+        dims = resolve_nesting_dims(nesting_dims, self.encoder.width, warn_partial=task_args.get("head") != "ff")
+        self.task = create_task(task, dims, resolve_loss_weights(loss_weights, dims), self.encoder.width,
+                                **task_args)
+        self.nesting_dims = self.task.nesting_dims
+        self.register_buffer("loss_weights", torch.tensor(self.task.loss_weights), persistent=False)
         self.optimizer_cfg = dict(optimizer or {"name": "sgd", "lr": 0.1})
         self.scheduler_cfg = dict(scheduler or {"name": "none"})
-        self.class_names = list(class_names) if class_names is not None else None
-        if self.class_names is not None and len(self.class_names) != num_classes:
-            raise ConfigError("model.num_classes", f"is {num_classes} but the data has {len(self.class_names)} classes",
-                              "leave model.num_classes to the data (the presets use ${data.num_classes})")
         self.channels_last = channels_last
-        self.accuracy = {stage: SizeAccuracy(self.nesting_dims) for stage in ("val", "test")}
         self.results: dict[str, dict[str, float]] = {}
         self._first_non_finite: torch.Tensor | None = None  # see _record_first_non_finite
         if channels_last:
-            self.model.to(memory_format=torch.channels_last)
+            self.encoder.to(memory_format=torch.channels_last)
         if compile:
             options = dict(compile) if isinstance(compile, Mapping) else {}
             unknown = sorted(set(options) - {"mode", "dynamic", "fullgraph", "backend", "options"})
             if unknown:
                 raise ConfigError("model.compile", f"unknown torch.compile option(s) {unknown}",
                                   "use true, false or a dict of mode/dynamic/fullgraph/backend/options")
-            self.model.compile(**options)
+            self.encoder.compile(**options)
+            self.task.compile(**options)
 
     @property
     def head_type(self) -> str:
-        return self.hparams.head
+        return self.task.head_type
 
-    def forward(self, batch: Any) -> torch.Tensor:
-        """Logits ``[G, B, C]`` of a batch (see :func:`as_batch`)."""
-        return self.model(self._encoder_inputs(batch))
+    @property
+    def width(self) -> int:
+        return self.encoder.width
+
+    @property
+    def class_names(self) -> list[str] | None:
+        return getattr(self.task, "class_names", None)
+
+    def forward(self, batch: Any) -> Any:
+        """The task's per-size outputs of a batch (see :func:`as_batch`); classification: logits ``[G, B, C]``."""
+        batch = self._encoder_inputs(batch)
+        return self.task(self.encoder(batch), batch)
 
     def embed(self, batch: Any) -> torch.Tensor:
         """Full-width embedding ``[B, width]``; its first m coordinates are the size-m embedding."""
-        return self.model.embed(self._encoder_inputs(batch))
+        return self.encoder(self._encoder_inputs(batch))
 
     def _encoder_inputs(self, batch: Any) -> dict[str, Any]:
         batch = as_batch(batch)
@@ -109,15 +116,15 @@ class MatryoshkaModule(L.LightningModule):
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         batch = as_batch(batch)
-        y = batch["label"]
-        per_size = self.criterion.per_size(self(batch), y)
-        loss = (per_size * self.criterion.weights).sum()
+        per_size = self.task.loss(self(batch), batch)
+        loss = (per_size * self.loss_weights).sum()
         self._record_first_non_finite(loss, per_size)
-        self.log("train/loss", loss, prog_bar=True, batch_size=y.numel())
+        batch_size = self.task.batch_size(batch)
+        self.log("train/loss", loss, prog_bar=True, batch_size=batch_size)
         if self._writes_step_metrics():
             self._stop_if_not_finite()
             self.log_dict({f"train/loss@{m}": value for m, value in zip(self.nesting_dims, per_size.detach())},
-                          batch_size=y.numel())
+                          batch_size=batch_size)
         return loss
 
     def _writes_step_metrics(self) -> bool:
@@ -164,9 +171,7 @@ class MatryoshkaModule(L.LightningModule):
 
     def _eval_step(self, stage: str, batch) -> None:
         batch = as_batch(batch)
-        y = batch["label"]
-        logits = self(batch)
-        self.accuracy[stage].update(logits, y, loss_sum=self.criterion(logits, y).detach() * y.numel())
+        self.task.update_metrics(stage, self(batch), batch)
 
     def validation_step(self, batch, batch_idx: int) -> None:
         self._eval_step("val", batch)
@@ -175,26 +180,21 @@ class MatryoshkaModule(L.LightningModule):
         self._eval_step("test", batch)
 
     def _eval_epoch_end(self, stage: str) -> None:
-        acc = self.accuracy[stage]
-        # Sum exact counts over ranks, so the figure is the accuracy over the whole split.
-        correct = self.trainer.strategy.reduce(acc.correct.to(self.device), reduce_op="sum")
-        total = self.trainer.strategy.reduce(acc.total.to(self.device), reduce_op="sum")
-        loss_sum = self.trainer.strategy.reduce(acc.loss_sum.to(self.device), reduce_op="sum")
-        metrics = acc.compute(correct.cpu(), total.cpu())
-        metrics["loss"] = float(loss_sum) / max(int(total), 1)
-        metrics["num_samples"] = int(total)
+        # Sums of exact counts over ranks, so every figure is the one over the whole split.
+        metrics = self.task.compute_metrics(
+            stage, lambda t: self.trainer.strategy.reduce(t.to(self.device), reduce_op="sum"))
         self.results[stage] = metrics
-        # Already reduced over ranks; the full-size top-1 also goes to the progress bar.
-        full = f"top1@{self.nesting_dims[-1]}"
+        # Already reduced over ranks; the monitored metric also goes to the progress bar.
+        shown = self.task.default_monitor.removeprefix("val/")
         for key, value in metrics.items():
-            self.log(f"{stage}/{key}", float(value), prog_bar=key == full, sync_dist=False)
-        acc.reset()
+            self.log(f"{stage}/{key}", float(value), prog_bar=key == shown, sync_dist=False)
+        self.task.reset_metrics(stage)
 
     def on_validation_epoch_start(self) -> None:
-        self.accuracy["val"].reset()
+        self.task.reset_metrics("val")
 
     def on_test_epoch_start(self) -> None:
-        self.accuracy["test"].reset()
+        self.task.reset_metrics("test")
 
     def on_validation_epoch_end(self) -> None:
         self._eval_epoch_end("val")
@@ -207,7 +207,7 @@ class MatryoshkaModule(L.LightningModule):
         reference_batch = cfg.pop("lr_reference_batch", None)
         if reference_batch:
             cfg["lr"] = cfg["lr"] * self._global_batch_size() / reference_batch
-        optimizer = create_optimizer(self.model, **cfg)
+        optimizer = create_optimizer(self, encoder=self.encoder, **cfg)
         sched = dict(self.scheduler_cfg)
         name = sched.pop("name", "none")
         if name == "none":
@@ -226,23 +226,23 @@ class MatryoshkaModule(L.LightningModule):
         return datamodule.batch_size * self.trainer.world_size * self.trainer.accumulate_grad_batches
 
     def predict_step(self, batch, batch_idx: int) -> dict[str, torch.Tensor]:
-        """``{"embeddings": [B, width], "logits": [G, B, C], "labels": [B]}`` (what embedding files hold)."""
-        batch = as_batch(batch)
-        z = self.embed(batch)
-        return {"embeddings": z, "logits": self.model.head(z), "labels": batch["label"]}
+        """What embedding files hold (:meth:`mrl.tasks.Task.predict`): ``{"embeddings": [B, width], "labels": [B]}``
+        and, for classification, ``"logits": [G, B, C]``."""
+        batch = self._encoder_inputs(batch)
+        return self.task.predict(self.encoder(batch), batch)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         if self._trainer is not None and self.trainer.state.fn == "fit":  # also the checkpoints after validation
             self._stop_if_not_finite()
         datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
         split = datamodule.split_signature() if hasattr(datamodule, "split_signature") else None
-        checkpoint[CHECKPOINT_KEY] = {"head": self.head_type, "nesting_dims": list(self.nesting_dims),
-                                      "num_classes": self.hparams.num_classes, "class_names": self.class_names,
-                                      "width": self.model.width, "backbone": self.hparams.backbone.get("name"),
-                                      "data_split": split}
+        checkpoint[CHECKPOINT_KEY] = {**self.task.metadata(), "nesting_dims": list(self.nesting_dims),
+                                      "width": self.width, "encoder": self.hparams.backbone.get("name"),
+                                      "backbone": self.hparams.backbone.get("name"), "data_split": split}
         checkpoint[RNG_KEY] = gather_rng_states(self.trainer.world_size if self._trainer is not None else 1)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        upgrade_checkpoint(checkpoint)  # before Lightning loads the state dict
         # Only when training resumes: the model's own randomness (dropout, drop-path) continues where it
         # stopped. Data order and augmentation are seeded by (seed, epoch, index) in mrl.data.sampling.
         states = checkpoint.get(RNG_KEY)
@@ -297,10 +297,10 @@ def check_resume_compatible(checkpoint: str | dict[str, Any], module: Matryoshka
     sizes, classes or backbone (anything that would end in a state-dict mismatch)."""
     ckpt = read_checkpoint(checkpoint)[0] if isinstance(checkpoint, (str, Path)) else checkpoint
     meta = ckpt[CHECKPOINT_KEY]
-    mine = {"head": module.head_type, "nesting_dims": list(module.nesting_dims),
-            "num_classes": module.hparams.num_classes}
+    mine = {"task": module.task.name, "head": module.head_type, "nesting_dims": list(module.nesting_dims),
+            "num_classes": getattr(module.task, "num_classes", None)}
     for key, value in mine.items():
-        if meta[key] != value:
+        if meta.get(key, value) != value:
             raise ConfigError("ckpt_path", f"checkpoint has {key}={meta[key]} but the config has {key}={value}",
                               f"set model.{key}={meta[key]} to resume it, or start a new run without ckpt_path")
     if module.class_names is not None and meta.get("class_names") not in (None, module.class_names):
@@ -313,7 +313,7 @@ def check_resume_compatible(checkpoint: str | dict[str, Any], module: Matryoshka
                               f"{module.hparams.backbone.get(key)!r}",
                               f"set model.backbone.{key}={saved.get(key)} to resume it, or start a new run")
     expected = {k: tuple(v.shape) for k, v in module.state_dict().items()}
-    stored = {k: tuple(v.shape) for k, v in ckpt["state_dict"].items()}
+    stored = {k: tuple(v.shape) for k, v in upgrade_state_dict(ckpt["state_dict"]).items()}
     if expected != stored:
         differing = sorted(k for k in expected.keys() | stored.keys() if expected.get(k) != stored.get(k))
         k = differing[0]

@@ -18,12 +18,13 @@ SCHEDULERS = ("none", "step", "cosine", "linear_warmup_decay")
 
 
 def param_groups(model: nn.Module, weight_decay: float, lr: float | None = None,
-                 encoder_lr_factor: float = 1.0) -> list[dict]:
+                 encoder_lr_factor: float = 1.0, encoder: nn.Module | None = None) -> list[dict]:
     """Weights that decay, and norm parameters and biases (any tensor with ndim <= 1: LayerNorm and BatchNorm
     scales, biases) that don't, as in the paper's (FFCV) recipe and the usual BERT fine-tuning one.
 
     ``encoder_lr_factor`` != 1 (fine-tuning a pretrained encoder more gently than the freshly initialised heads)
-    splits each group by encoder (``model.backbone``) and the rest, the encoder's at ``lr * encoder_lr_factor``;
+    splits each group by encoder (``encoder``, by default ``model.backbone``) and the rest, the encoder's at
+    ``lr * encoder_lr_factor``;
     schedules multiply every group's own LR, so the ratio holds throughout."""
     def split(params) -> tuple[list, list]:
         decay, no_decay = [], []
@@ -35,9 +36,9 @@ def param_groups(model: nn.Module, weight_decay: float, lr: float | None = None,
     if encoder_lr_factor == 1.0:
         decay, no_decay = split(model.parameters())
         return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    encoder = getattr(model, "backbone", None)
+    encoder = encoder if encoder is not None else getattr(model, "backbone", None)
     if encoder is None or lr is None:
-        raise ConfigError("model.optimizer.encoder_lr_factor", "needs a model with an encoder (model.backbone)",
+        raise ConfigError("model.optimizer.encoder_lr_factor", "needs a model with an encoder",
                           "leave it at 1.0")
     encoder_ids = {id(p) for p in encoder.parameters()}
     groups = []
@@ -51,13 +52,13 @@ def param_groups(model: nn.Module, weight_decay: float, lr: float | None = None,
 
 def create_optimizer(model: nn.Module, name: str = "sgd", lr: float = 0.1, weight_decay: float = 0.0,
                      momentum: float = 0.9, nesterov: bool = False, betas: Sequence[float] = (0.9, 0.999),
-                     encoder_lr_factor: float = 1.0) -> torch.optim.Optimizer:
+                     encoder_lr_factor: float = 1.0, encoder: nn.Module | None = None) -> torch.optim.Optimizer:
     if lr <= 0:
         raise ConfigError("model.optimizer.lr", f"must be positive, got {lr}")
     if not 0 < encoder_lr_factor <= 1e3:
         raise ConfigError("model.optimizer.encoder_lr_factor", f"must be positive, got {encoder_lr_factor}",
                           "e.g. 0.1 for an encoder at a tenth of the heads' LR, or 1.0")
-    groups = param_groups(model, weight_decay, lr, encoder_lr_factor)
+    groups = param_groups(model, weight_decay, lr, encoder_lr_factor, encoder)
     if name == "sgd":
         return torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=nesterov)
     if name == "adamw":

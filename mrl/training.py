@@ -30,6 +30,7 @@ from mrl.encoders import is_text_encoder
 from mrl.data.datamodules import VALIDATE_ON_TEST_WARNING
 from mrl.errors import ConfigError
 from mrl.lightning import MatryoshkaModule, check_resume_compatible
+from mrl.tasks import TASKS
 from mrl.loggers import create_loggers, new_wandb_run_id
 from mrl.slurm import (JobRequeued, RequeueOnSignal, apply_process_env, check_allocation, cluster_environment,
                        requeue_signal, restart_count, slurm_job_id)
@@ -61,13 +62,16 @@ def build_module(model_cfg: dict, datamodule) -> MatryoshkaModule:
                           "choose a text encoder (model=minilm, or model.backbone.name=hf/<model>)")
     else:
         backbone = {"in_chans": datamodule.in_chans, "image_size": datamodule.image_size, **backbone}
-    num_classes = cfg.pop("num_classes", None)
-    if num_classes not in (None, datamodule.num_classes):
-        raise ConfigError("model.num_classes", f"is {num_classes} but the data has {datamodule.num_classes} classes",
-                          "set model.num_classes=null to take it from the data")
+    task = cfg.setdefault("task", "classification")
+    if task not in TASKS:
+        raise ConfigError("model.task", f"unknown task {task!r}", f"choose one of {sorted(TASKS)} (configs/task/)")
+    for key, value in TASKS[task].data_args(datamodule).items():
+        if key == "num_classes" and cfg.get(key) not in (None, value):
+            raise ConfigError("model.num_classes", f"is {cfg[key]} but the data has {value} classes",
+                              "set model.num_classes=null to take it from the data")
+        cfg[key] = value
     cfg.pop("ff_dim", None)
-    module = MatryoshkaModule(backbone=backbone, num_classes=datamodule.num_classes,
-                              class_names=datamodule.class_names, **cfg)
+    module = MatryoshkaModule(backbone=backbone, **cfg)
     if backbone.get("name") == "mlp":
         first_layer = datamodule.in_chans * datamodule.image_size ** 2 * backbone.get("hidden_dim", 512)
         if first_layer > 10_000_000:
@@ -93,11 +97,6 @@ def check_tokenizer_matches(backbone: dict, datamodule) -> None:
                           "set data.max_length=${model.backbone.max_length}")
 
 
-def monitor_keys(dims: list[int]) -> list[str]:
-    """Every validation metric the module logs: what a checkpoint monitor may name."""
-    return ([f"val/top{k}@{m}" for k in (1, 5) for m in dims] + ["val/top1_mean", "val/top5_mean", "val/loss"])
-
-
 def build_callbacks(cfg: dict, module: MatryoshkaModule, output_dir: Path, validates: bool, has_logger: bool,
                     bar: str) -> tuple[list[L.Callback], RecoveryCheckpoint | None]:
     """The run's callbacks, and the one that keeps ``last.ckpt`` (``None`` with ``checkpoint: null``).
@@ -113,10 +112,13 @@ def build_callbacks(cfg: dict, module: MatryoshkaModule, output_dir: Path, valid
         if validates:  # the best checkpoint by a validation metric (never on test: see data.validation)
             monitor = ckpt.get("monitor", "auto")
             if monitor == "auto":
-                monitor = f"val/top1@{module.nesting_dims[-1]}"
-            if monitor not in monitor_keys(module.nesting_dims):
+                monitor = module.task.default_monitor
+            if monitor not in module.task.monitor_keys():
+                keys = module.task.monitor_keys()  # suggested: the default, the means over sizes, the loss
+                shown = list(dict.fromkeys([module.task.default_monitor,
+                                            *(k for k in keys if "mean" in k or k == "val/loss"), *keys]))
                 raise ConfigError("callbacks.checkpoint.monitor", f"{monitor!r} is never logged",
-                                  f"choose one of val/top1@{module.nesting_dims[-1]}, val/top1_mean, val/loss, ...")
+                                  f"choose one of {', '.join(shown[:3])}{', ...' if len(shown) > 3 else ''}")
             callbacks.append(ModelCheckpoint(dirpath=output_dir / "checkpoints", filename="best-epoch{epoch:03d}",
                                              monitor=monitor, mode=ckpt.get("mode", "max"),
                                              save_top_k=ckpt.get("save_top_k", 1), save_last=False,

@@ -33,8 +33,8 @@ def test_two_processes_equal_one_on_the_global_batch(make_cfg, norm):
     for key in a:
         torch.testing.assert_close(b[key], a[key], rtol=1e-5, atol=1e-5, msg=key)  # float sums in another order
     if norm == "batch":
-        assert "model.backbone.net.2.running_var" in a  # BatchNorm statistics (running_*) compared too
+        assert "encoder.net.2.running_var" in a  # BatchNorm statistics (running_*) compared too
 
         # the control: BatchNorm without synchronisation normalises each half on its own, and the weights differ
         alone = weights(run(make_cfg, "alone", *model, "trainer=ddp_sim", "data.batch_size=32"))
-        assert (alone["model.backbone.net.1.weight"] - a["model.backbone.net.1.weight"]).abs().max() > 1e-3
+        assert (alone["encoder.net.1.weight"] - a["encoder.net.1.weight"]).abs().max() > 1e-3

@@ -35,7 +35,7 @@ def test_written_arrays_equal_the_model_outputs(tmp_path, head):
     x, y = loader.dataset.tensors
     with torch.no_grad():
         z = module.embed(x)
-        logits = module.model.head(z)
+        logits = module.task.head(z)
     np.testing.assert_allclose(split.embeddings, z.numpy(), rtol=1e-6, atol=1e-6)
     np.testing.assert_allclose(split.logits, logits.numpy(), rtol=1e-5, atol=1e-5)
     assert split.labels.dtype == np.int64 and split.labels.tolist() == y.tolist()

@@ -144,7 +144,7 @@ def test_knn_accuracy_matches_brute_force():
 # --------------------------------------------------------------------------------------------------
 
 def _write_checkpoint(path: Path, head, classes) -> Path:
-    state = {f"model.head.{k}": v.detach().clone() for k, v in head.state_dict().items()}
+    state = {f"task.head.{k}": v.detach().clone() for k, v in head.state_dict().items()}
     state["model.backbone.dummy"] = torch.zeros(1)
     meta = {"head": head.name, "nesting_dims": list(head.nesting_dims), "num_classes": len(classes),
             "class_names": list(classes), "width": head.nesting_dims[-1]}

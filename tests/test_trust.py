@@ -239,7 +239,7 @@ def test_resume_refuses_a_checkpoint_of_another_backbone(make_cfg, tmp_path):
                                           r"128; set model.backbone.hidden_dim=512 to resume it"):
         train(make_cfg(*QUIET, "model.backbone.hidden_dim=128", ckpt, out="other"))
     with pytest.raises(ConfigError, match=r"^ckpt_path: checkpoint's weights do not fit the configured model \(1 "
-                                          r"tensors differ, e.g. model.backbone.net.1.weight: \(512, 256\) in the "
+                                          r"tensors differ, e.g. encoder.net.1.weight: \(512, 256\) in the "
                                           r"checkpoint, \(512, 64\) here\)"):
         train(make_cfg(*QUIET, "data.image_size=8", ckpt, out="smaller"))
 

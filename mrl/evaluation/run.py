@@ -617,6 +617,14 @@ REGISTRY: dict[str, Evaluator] = {
 }
 
 
+def _num_classes(test, train) -> int:
+    """The classes of the labels: a classifier's own count, else (a model trained without one, e.g.
+    contrastively) one more than the largest label of either split."""
+    if test.meta["num_classes"] is not None:
+        return int(test.meta["num_classes"])
+    return int(max(int(split.labels.max()) for split in (test, train) if split is not None)) + 1
+
+
 def _needing(what: str, evaluators: Collection[str]) -> list[str]:
     return [name for name in evaluators if what in REGISTRY[name].needs]
 
@@ -692,7 +700,7 @@ def evaluate(cfg: Mapping[str, Any] | None = None, command: str | None = None,
             classifier_at(head, d)
     model = model_label(head_type, nesting_dims)
     ctx = {"train": train, "test": test, "head": head, "head_type": head_type, "nesting_dims": nesting_dims,
-           "dims": dims, "num_classes": test.meta["num_classes"], "label": f"{model}, {_run_name(ckpt_path, emb_dir)}"}
+           "dims": dims, "num_classes": _num_classes(test, train), "label": f"{model}, {_run_name(ckpt_path, emb_dir)}"}
     plans = {name: REGISTRY[name].plan(ctx, cfg) for name in evaluators}
 
     out.mkdir(parents=True, exist_ok=True)

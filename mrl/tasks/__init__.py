@@ -1,0 +1,7 @@
+"""Tasks: what a Matryoshka embedding is trained for (heads, loss, per-size metrics) on top of the shared
+LightningModule. ``classification`` today; contrastive, masked-LM and image-text tasks register the same way."""
+
+from mrl.tasks.base import TASKS, Task, create_task, register_task
+from mrl.tasks.classification import ClassificationTask
+
+__all__ = ["TASKS", "ClassificationTask", "Task", "create_task", "register_task"]
