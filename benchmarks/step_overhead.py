@@ -49,7 +49,7 @@ def run_framework(loader, steps: int) -> float:
     from lightning.pytorch.loggers import CSVLogger
 
     from mrl.checkpointing import AtomicCheckpointIO
-    from mrl.training import build_callbacks
+    from mrl.app.train import build_callbacks
 
     module = make_module()
     with tempfile.TemporaryDirectory() as out:

@@ -105,7 +105,7 @@ def run_framework(args, dm) -> float:
     from lightning.pytorch.loggers import CSVLogger
 
     from mrl.checkpointing import AtomicCheckpointIO
-    from mrl.training import build_callbacks
+    from mrl.app.train import build_callbacks
 
     timer = WindowTimer(args.warmup, args.warmup + args.steps - 1, lambda: synchronize(args))
 

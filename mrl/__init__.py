@@ -9,7 +9,6 @@ Plain Python API (no Hydra needed)::
     module, meta = mrl.load_model("last.ckpt")  # any checkpoint of scripts/train.py
 """
 
-import mrl.resolvers  # noqa: F401  (the configs' ${mrl.*} resolvers)
 from mrl.encoders import Backbone, create_backbone
 from mrl.errors import ConfigError
 from mrl.heads import HEADS, FixedFeatureHead, MatryoshkaHead, TiedMatryoshkaHead, create_head

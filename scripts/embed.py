@@ -8,6 +8,7 @@ from omegaconf import DictConfig, OmegaConf
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
+import mrl.app  # noqa: E402,F401  (the configs' ${mrl.*} resolvers)
 from mrl.data import create_datamodule  # noqa: E402
 from mrl.console import is_main_process, quiet_known_warnings  # noqa: E402
 from mrl.embeddings import embed_checkpoint  # noqa: E402

@@ -13,6 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
+import mrl.app  # noqa: E402,F401  (the configs' ${mrl.*} resolvers)
 from mrl.console import tee_console  # noqa: E402
 from mrl.errors import ConfigError  # noqa: E402
 from mrl.evaluation.run import evaluate  # noqa: E402

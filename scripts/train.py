@@ -16,7 +16,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 from mrl.errors import ConfigError  # noqa: E402
 from mrl.lightning import NonFiniteLossError  # noqa: E402
 from mrl.slurm import JobRequeued  # noqa: E402
-from mrl.training import TrainingInterrupted, train  # noqa: E402
+from mrl.app.train import TrainingInterrupted, train  # noqa: E402
 
 SIGTERM_EXIT = 128 + 15  # what a shell reports for a process ended by SIGTERM
 

@@ -31,6 +31,8 @@ def compose(overrides: list[str], output_dir: Path):
     from hydra.core.hydra_config import HydraConfig
     from omegaconf import open_dict
 
+    import mrl.app  # noqa: F401  (the configs' ${mrl.*} resolvers, as the scripts register them)
+
     GlobalHydra.instance().clear()
     with initialize_config_dir(version_base="1.3", config_dir=str(CONFIG_DIR)):
         cfg = hydra_compose(config_name="train", return_hydra_config=True, overrides=overrides)

@@ -11,7 +11,7 @@ import torch
 
 from conftest import PROJECT_ROOT, write_image_folder
 from mrl.errors import ConfigError
-from mrl.training import train
+from mrl.app.train import train
 
 CSV = "logger=csv"
 

@@ -1,4 +1,4 @@
-"""mrl.config_checks: every unusable setting stops ``train`` before any data is read or file written,
+"""mrl.app.config_checks: every unusable setting stops ``train`` before any data is read or file written,
 with one line naming the field and the fix; every preset's defaults pass."""
 
 from __future__ import annotations
@@ -11,11 +11,11 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-import mrl.config_checks as config_checks
+import mrl.app.config_checks as config_checks
 from conftest import EXPERIMENTS, PROJECT_ROOT, compose
-from mrl.config_checks import OUTPUT_DIR_FIX, HydraLaunchCheck, check_train_config, lightning_precisions
+from mrl.app.config_checks import OUTPUT_DIR_FIX, HydraLaunchCheck, check_train_config, lightning_precisions
 from mrl.errors import ConfigError
-from mrl.training import train
+from mrl.app.train import train
 
 
 @pytest.fixture(autouse=True)
@@ -307,7 +307,7 @@ def test_script_prints_one_line_and_exits_2(tmp_path):
     assert not list(tmp_path.rglob("checkpoints"))
 
 
-CALLBACK = "++hydra.callbacks.launch_check._target_=mrl.config_checks.HydraLaunchCheck"
+CALLBACK = "++hydra.callbacks.launch_check._target_=mrl.app.config_checks.HydraLaunchCheck"
 
 
 def test_hydra_run_dir_under_a_file_is_refused_before_hydra_creates_it(tmp_path):

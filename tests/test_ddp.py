@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mrl.training import train
+from mrl.app.train import train
 
 STEPS = 19  # digits: 1,257 training images, 64 per step (2 x 32 with two processes)
 

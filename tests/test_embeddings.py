@@ -12,7 +12,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from mrl.embeddings import embed_checkpoint, embed_split, load_split
 from mrl.errors import ConfigError
 from mrl.lightning import MatryoshkaModule
-from mrl.training import train
+from mrl.app.train import train
 
 
 def _module(head="mrl"):

@@ -539,7 +539,7 @@ def digits_run(tmp_path_factory):
     from conftest import compose
     from mrl.data import create_datamodule
     from mrl.embeddings import embed_checkpoint
-    from mrl.training import train
+    from mrl.app.train import train
 
     from omegaconf import OmegaConf
 

@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader
 from conftest import write_image_folder
 from mrl.data.shards import EvalShardStream, TrainShardStream, convert_image_folder, read_meta
 from mrl.errors import ConfigError
-from mrl.training import train
+from mrl.app.train import train
 
 CLASSES = ("a", "b", "c", "d")
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from conftest import CIFAR10_TAR
-from mrl.training import train
+from mrl.app.train import train
 
 
 @pytest.mark.slow

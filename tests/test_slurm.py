@@ -196,7 +196,7 @@ def test_the_signal_during_a_checkpoint_save_is_handled_after_it(make_cfg, tmp_p
     """The signal lands while a checkpoint is half-written: the save completes, and the requeue happens at the
     end of the next step (Lightning's own handler would save from inside the handler, nested in that save)."""
     from mrl.slurm import JobRequeued
-    from mrl.training import train
+    from mrl.app.train import train
 
     bin_dir = fake_slurm.install(tmp_path / "fake_slurm")
     monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
@@ -261,7 +261,7 @@ def test_the_slurm_launcher_without_a_partition_is_refused_before_submitting(tmp
 # --- bad input ----------------------------------------------------------------------------------------------
 
 def test_a_restarted_job_whose_run_directory_is_gone_says_so_and_starts_afresh(tmp_path, monkeypatch, capsys):
-    from mrl.training import _default_resume
+    from mrl.app.train import _default_resume
 
     for key, value in fake_slurm.job_env(777, SLURM_RESTART_COUNT="2").items():
         monkeypatch.setenv(key, value)
@@ -275,7 +275,7 @@ def test_a_restarted_job_whose_run_directory_is_gone_says_so_and_starts_afresh(t
 
 
 def test_resuming_a_checkpoint_of_another_experiment_is_refused(make_cfg):
-    from mrl.training import train
+    from mrl.app.train import train
 
     first = train(make_cfg("trainer.max_epochs=1", "test=false", "logger=csv", out="first"))
     cfg = make_cfg("trainer.max_epochs=2", "logger=csv", "experiment_name=another",

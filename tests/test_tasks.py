@@ -19,7 +19,7 @@ from mrl.errors import ConfigError
 from mrl.lightning import MatryoshkaModule
 from mrl.losses import MatryoshkaLoss, prefixes
 from mrl.tasks import TASKS, ClassificationTask, Task, create_task, register_task
-from mrl.training import train
+from mrl.app.train import train
 
 
 class UnitNorm(torch.nn.Module):
@@ -179,3 +179,17 @@ def test_checkpoints_from_before_the_task_refactor_load_evaluate_and_resume(make
         torch.testing.assert_close(reference(x), module(x), rtol=0, atol=0)
     out = train(make_cfg("logger=csv", "trainer.max_epochs=2", f"ckpt_path={old}", out="resumed"))
     assert torch.load(out["last_model_path"], weights_only=False)["epoch"] == 1
+
+
+def test_the_library_imports_neither_the_app_nor_hydra():
+    """The library stays usable without Hydra: training a module, embedding, evaluating and reporting import
+    neither ``mrl.app`` (the Hydra-facing application) nor Hydra/OmegaConf."""
+    import subprocess
+    import sys
+
+    code = ("import sys, mrl, mrl.lightning, mrl.embeddings, mrl.evaluation.run, mrl.report.study, "
+            "mrl.report.compare, mrl.slurm, mrl.tasks, mrl.checkpoint, mrl.data, mrl.encoders.text; "
+            "print(sorted(m.split('.')[0] if m.startswith(('hydra', 'omegaconf')) else m for m in sys.modules "
+            "if m.startswith(('mrl.app', 'hydra', 'omegaconf'))))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout

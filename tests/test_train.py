@@ -11,7 +11,7 @@ import torch
 
 from conftest import CIFAR10_TAR, EXPERIMENTS, write_image_folder
 from mrl.lightning import MatryoshkaModule
-from mrl.training import train
+from mrl.app.train import train
 
 FAST = ["trainer.fast_dev_run=true", "logger=csv"]
 # ImageNet presets run on the CPU in tests: one process, full precision.

@@ -20,7 +20,7 @@ import torch
 from conftest import PROJECT_ROOT, wait_for, write_image_folder
 from mrl.data import create_datamodule
 from mrl.errors import ConfigError
-from mrl.training import train
+from mrl.app.train import train
 
 ENV = {**os.environ, "WANDB_MODE": "offline", "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
 QUIET = ["logger=csv", "callbacks.progress_bar=none"]

@@ -1,6 +1,6 @@
 """Checks of the composed training config that need neither data nor a model.
 
-:func:`check_train_config` runs first thing in :func:`mrl.training.train`: before the data is loaded,
+:func:`check_train_config` runs first thing in :func:`mrl.app.train.train`: before the data is loaded,
 the model is built or anything is written to disk. Each bad value raises a one-line
 :class:`~mrl.errors.ConfigError` (``<field>: <problem>; <fix>``), which ``scripts/train.py`` prints as
 ``error: ...`` with exit status 2.
@@ -227,7 +227,7 @@ class HydraLaunchCheck(Callback):
 
         callbacks:
           launch_check:
-            _target_: mrl.config_checks.HydraLaunchCheck
+            _target_: mrl.app.config_checks.HydraLaunchCheck
     """
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:

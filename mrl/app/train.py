@@ -23,7 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from mrl.callbacks import EpochSummary, MetricsByDimReport, RunIdentity, WandbSizeSummaries
 from mrl.checkpointing import AtomicCheckpointIO, RecoveryCheckpoint, resolve_resume
-from mrl.config_checks import PROGRESS_BARS, check_train_config
+from mrl.app.config_checks import PROGRESS_BARS, check_train_config
 from mrl.console import quiet_known_warnings, tee_console
 from mrl.data import create_datamodule
 from mrl.encoders import is_text_encoder
