@@ -335,6 +335,29 @@ def test_hf_class_label_names_and_missing_columns(monkeypatch):
     assert err.value.field == "data.text_column" and "'text', 'label'" in str(err.value)
 
 
+def test_hf_with_the_real_datasets_library_on_local_parquet(tmp_path, monkeypatch):
+    """The real ``datasets.load_dataset`` (no stand-in), offline, on a local folder: the ClassLabel names stored in
+    the parquet schema become the class names, and the TREC-sized text survives the round trip."""
+    import datasets
+
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    features = datasets.Features({"text": datasets.Value("string"),
+                                  "label": datasets.ClassLabel(names=["World", "Sports", "Business"])})
+    folder = tmp_path / "news"
+    folder.mkdir()
+    rows = {"train": (["a goal in extra time", "markets fell", "talks in Geneva", "a late winner"], [1, 2, 0, 1]),
+            "test": (["shares rose", "a draw"], [2, 1])}
+    for split, (texts, labels) in rows.items():
+        datasets.Dataset.from_dict({"text": texts, "label": labels}, features=features).to_parquet(
+            str(folder / f"{split}.parquet"))
+    train = read_hf(str(folder), split="train", cache_dir=str(tmp_path / "cache"))
+    test = load_text_split("hf", str(folder), "test", cache_dir=str(tmp_path / "cache"))
+    assert train.class_names == test.class_names == ["World", "Sports", "Business"]
+    assert train.texts == rows["train"][0] and train.labels == [1, 2, 0, 1] and test.labels == [2, 1]
+    with pytest.raises(ConfigError, match="^data.root: could not load Hugging Face dataset .* \\[validation\\]"):
+        read_hf(str(folder), split="validation", cache_dir=str(tmp_path / "cache"))
+
+
 # --------------------------------------------------------------------------------------------- collate
 
 
