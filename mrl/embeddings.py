@@ -18,7 +18,7 @@ import json
 import os
 import shutil
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -170,20 +170,29 @@ def embed_split(module: torch.nn.Module, loader: DataLoader, root: str | Path, s
 
 class EmbeddingWriter(L.Callback):
     """Writes ``trainer.predict`` outputs of a :class:`~mrl.lightning.MatryoshkaModule` into ``root/<split>``
-    from any number of processes: rank ``r`` of ``W`` embeds samples ``r, r+W, ...`` (no padding) into its
-    own shard; rank 0 then interleaves the shards into dataset order and publishes the folder atomically.
-    With one process the shard is the final folder. ``root`` must be shared by all processes.
+    from any number of processes, each row at its sample's place in the split, and publishes the folder atomically
+    (rank 0, once every rank is done). ``root`` must be shared by all processes.
+
+    Indexed data (a map-style dataset under :class:`~mrl.data.sampling.ShardSampler`): rank ``r`` of ``W`` embeds
+    samples ``r, r+W, ...`` (no padding) into its own shard, which rank 0 interleaves; with one process the shard
+    is the final folder. Streamed data (``indexed=False``: webdataset shards, read by rank and loader worker in no
+    fixed order) carries each sample's position as ``index`` in the batch; each rank's shard keeps those positions
+    and rank 0 scatters the rows into place, checking that every sample came exactly once. ``rows_of_rank(rank,
+    world)``: how many samples a rank embeds (default: the map-style split).
     """
 
     def __init__(self, root: str | Path, split: str, num_samples: int, dtype: str = "float16",
-                 meta: dict[str, Any] | None = None, progress_every: float = 0.1):
+                 meta: dict[str, Any] | None = None, progress_every: float = 0.1, indexed: bool = True,
+                 rows_of_rank: Callable[[int, int], int] | None = None):
         self.root, self.split, self.num_samples = Path(root), split, num_samples
         self.dtype, self.np_dtype, self.meta = dtype, _check_dtype(dtype), meta
         self.progress_every = progress_every
+        self.indexed = indexed
+        self.rows_of_rank = rows_of_rank or (lambda rank, world: len(range(rank, num_samples, world)))
         self.tmp = self.root / f".{split}.tmp"  # one name on every rank (ranks may be separate launches)
 
     def _shard(self, rank: int) -> Path:
-        return self.tmp if self.world == 1 else self.tmp / f"shard-{rank}"
+        return self.tmp if self.world == 1 and self.indexed else self.tmp / f"shard-{rank}"
 
     def on_predict_start(self, trainer: L.Trainer, pl_module) -> None:
         self.world, self.rank = trainer.world_size, trainer.global_rank
@@ -193,8 +202,10 @@ class EmbeddingWriter(L.Callback):
         trainer.strategy.barrier("embedding folder")
         shard = self._shard(self.rank)
         shard.mkdir(parents=True, exist_ok=True)
-        self.rows = len(range(self.rank, self.num_samples, self.world))
+        self.rows = self.rows_of_rank(self.rank, self.world)
         self.arrays = _module_arrays(pl_module, shard, self.rows, self.np_dtype)
+        self.positions = None if self.indexed else np.lib.format.open_memmap(
+            shard / "positions.npy", mode="w+", dtype=np.int64, shape=(self.rows,))
         self.done = 0
         self._next_report = self.progress_every
 
@@ -202,10 +213,16 @@ class EmbeddingWriter(L.Callback):
                              dataloader_idx: int = 0) -> None:
         emb, labels, logits = self.arrays
         stop = self.done + len(outputs["labels"])
+        if stop > self.rows:
+            raise RuntimeError(f"rank {self.rank} was given more than its {self.rows} rows of {self.split}")
         emb[self.done:stop] = outputs["embeddings"].float().cpu().numpy()
         if logits is not None:
             logits[:, self.done:stop] = outputs["logits"].float().cpu().numpy()
         labels[self.done:stop] = outputs["labels"].cpu().numpy()
+        if self.positions is not None:
+            if "index" not in outputs:
+                raise RuntimeError("streamed data must give each sample's position as batch['index']")
+            self.positions[self.done:stop] = outputs["index"].cpu().numpy()
         self.done = stop
         if trainer.is_global_zero and not trainer.progress_bar_callback and stop >= self._next_report * self.rows:
             print(f"embedding {self.split}: {100 * stop / self.rows:.0f}% ({stop}/{self.rows} rows on rank 0)",
@@ -215,34 +232,47 @@ class EmbeddingWriter(L.Callback):
     def on_predict_end(self, trainer: L.Trainer, pl_module) -> None:
         if self.done != self.rows:
             raise RuntimeError(f"rank {self.rank} embedded {self.done} rows of {self.rows}")
-        for array in self.arrays:
+        for array in (*self.arrays, self.positions):
             if array is not None:
                 array.flush()
-        del self.arrays
+        del self.arrays, self.positions
         trainer.strategy.barrier("embedding shards")
         if trainer.is_global_zero:
-            if self.world > 1:
-                self._interleave(len(pl_module.nesting_dims), pl_module.width, pl_module.task.num_logits)
+            if self._shard(0) != self.tmp:
+                self._gather(len(pl_module.nesting_dims), pl_module.width, pl_module.task.num_logits)
             _publish(self.tmp, self.root / self.split, _split_meta(pl_module, self.split, self.num_samples,
                                                                   self.dtype, self.meta))
         trainer.strategy.barrier("embedding published")
 
-    def _interleave(self, num_sizes: int, width: int, num_classes: int | None, chunk: int = 65536) -> None:
-        """Shard ``r`` holds rows ``r, r+W, ...``: copy them into their places, a chunk at a time."""
+    def _gather(self, num_sizes: int, width: int, num_classes: int | None, chunk: int = 65536) -> None:
+        """Every shard's rows into their places in the split: rows ``r, r+W, ...`` for rank ``r`` (indexed data),
+        else the positions it recorded; a sample missing or embedded twice is an error, not a silent hole."""
         final = _open_arrays(self.tmp, self.num_samples, width, num_sizes, num_classes, self.np_dtype)
+        seen = np.zeros(self.num_samples, dtype=np.int64)
         for rank in range(self.world):
             shard_dir = self._shard(rank)
-            rows = len(range(rank, self.num_samples, self.world))
+            rows = self.rows_of_rank(rank, self.world)
             shard = _open_arrays(shard_dir, rows, width, num_sizes, num_classes, self.np_dtype, mode="r")
+            stored = None if self.indexed else np.load(shard_dir / "positions.npy", mmap_mode="r")
             for start in range(0, rows, chunk):
                 stop = min(start + chunk, rows)
-                positions = slice(rank + start * self.world, rank + stop * self.world, self.world)
+                if stored is None:
+                    positions = np.arange(rank + start * self.world, rank + stop * self.world, self.world)
+                else:
+                    positions = np.asarray(stored[start:stop])
+                    if positions.min(initial=0) < 0 or positions.max(initial=0) >= self.num_samples:
+                        raise RuntimeError(f"{self.split}: rank {rank} embedded a sample outside "
+                                           f"0..{self.num_samples - 1}")
+                seen[positions] += 1
                 final[0][positions] = shard[0][start:stop]
                 final[1][positions] = shard[1][start:stop]
                 if num_classes is not None:
                     final[2][:, positions] = shard[2][:, start:stop]
-            del shard
+            del shard, stored
             shutil.rmtree(shard_dir)
+        if not (seen == 1).all():
+            missing, repeated = int((seen == 0).sum()), int((seen > 1).sum())
+            raise RuntimeError(f"{self.split}: {missing} samples were not embedded and {repeated} more than once")
         for array in final:
             if array is not None:
                 array.flush()
@@ -296,8 +326,12 @@ def embed_checkpoint(ckpt_path: str | Path, datamodule, root: str | Path, splits
             "backbone": module.hparams.backbone.get("name")}
     written = {}
     for split in splits:
-        num_samples = len(datamodule.split_dataset(split))
-        writer = EmbeddingWriter(root, split, num_samples, dtype, meta)
+        dataset = datamodule.split_dataset(split)
+        if hasattr(dataset, "rows_of_rank"):  # streamed (webdataset shards): rows placed by their recorded index
+            writer = EmbeddingWriter(root, split, dataset.num_samples, dtype, meta, indexed=False,
+                                     rows_of_rank=dataset.rows_of_rank)
+        else:
+            writer = EmbeddingWriter(root, split, len(dataset), dtype, meta)
         runner = L.Trainer(**kwargs, logger=False, callbacks=[writer], enable_checkpointing=False,
                            enable_model_summary=False)
         datamodule.predict_split = split

@@ -227,9 +227,12 @@ class MatryoshkaModule(L.LightningModule):
 
     def predict_step(self, batch, batch_idx: int) -> dict[str, torch.Tensor]:
         """What embedding files hold (:meth:`mrl.tasks.Task.predict`): ``{"embeddings": [B, width], "labels": [B]}``
-        and, for classification, ``"logits": [G, B, C]``."""
+        and, for classification, ``"logits": [G, B, C]``; ``"index": [B]`` when the batch has it."""
         batch = self._encoder_inputs(batch)
-        return self.task.predict(self.encoder(batch), batch)
+        out = self.task.predict(self.encoder(batch), batch)
+        if "index" in batch:  # streamed data: each sample's place in its split (see mrl.embeddings.EmbeddingWriter)
+            out["index"] = batch["index"]
+        return out
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         if self._trainer is not None and self.trainer.state.fn == "fit":  # also the checkpoints after validation

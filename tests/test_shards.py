@@ -185,3 +185,70 @@ def test_two_processes_train_on_shards_and_count_every_test_sample_once(make_cfg
     ckpt = torch.load(out["last_model_path"], map_location="cpu", weights_only=False)
     assert ckpt["global_step"] == 64 // (2 * 4)
     assert out["test"]["num_samples"] == 16
+
+
+@pytest.fixture(scope="module")
+def trained_on_shards(shards, tmp_path_factory) -> str:
+    from conftest import compose
+
+    out = train(compose(["logger=csv", "callbacks.progress_bar=none", "data=webdataset", f"data.root={shards}",
+                         "data.image_size=12", "data.transform=cifar", "data.batch_size=8", "data.num_workers=0",
+                         "model=digits_cnn", "model.backbone.channels=[4,8,8]", "trainer.max_epochs=1",
+                         "test_checkpoint=last"], tmp_path_factory.mktemp("shard_run")))
+    return out["last_model_path"]
+
+
+@pytest.mark.parametrize("processes,workers", [(1, 2), (2, 1)])
+def test_embedding_from_shards_puts_every_sample_in_its_place(shards, trained_on_shards, tmp_path, processes,
+                                                              workers):
+    """scripts/embed.py's path on streamed shards: with loader workers and ranks reading in no fixed order, every
+    row lands at its sample's index, once, equal to the model run sample by sample in the converter's order."""
+    import numpy as np
+
+    from mrl.data import create_datamodule
+    from mrl.data.datamodules import TRANSFORMS
+    from mrl.embeddings import embed_checkpoint, load_split
+    from mrl.lightning import MatryoshkaModule
+
+    def data():
+        return create_datamodule("webdataset", root=str(shards), image_size=12, transform="cifar", batch_size=4,
+                                 num_workers=workers, seed=42)
+
+    trainer = {"accelerator": "cpu", "devices": processes, **({"strategy": "ddp_spawn"} if processes > 1 else {})}
+    written = embed_checkpoint(trained_on_shards, data(), tmp_path / "emb", dtype="float32", trainer=trainer)
+    module = MatryoshkaModule.load_from_checkpoint(trained_on_shards, map_location="cpu").eval()
+    meta = read_meta(shards)
+    _, eval_transform = TRANSFORMS["cifar"](12)
+    for split, n in (("train", 64), ("test", 16)):
+        got = load_split(written[split])
+        assert got.embeddings.shape == (n, module.width) and got.meta["num_samples"] == n
+        # the reference: one process, no workers, shard after shard; the converter numbered samples in this order
+        stream = EvalShardStream(shards, split, meta, eval_transform, rank_and_world=(0, 1), with_index=True)
+        images, labels, indices = zip(*stream)
+        assert list(indices) == list(range(n))
+        with torch.no_grad():
+            expected = module.embed(torch.stack(images)).numpy()
+            logits = module(torch.stack(images)).numpy()
+        np.testing.assert_allclose(got.embeddings, expected, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(got.logits, logits, rtol=1e-5, atol=1e-5)
+        assert got.labels.tolist() == list(labels)
+
+
+def test_shards_with_foreign_keys_are_refused_when_embedding(shards, tmp_path):
+    import shutil
+
+    import webdataset as wds
+
+    copy = tmp_path / "copy"
+    shutil.copytree(shards, copy)
+    first = sorted((copy / "test").glob("*.tar"))[0]
+    samples = list(wds.tarfile_to_samples()(iter([{"url": str(first)}])))
+    with wds.TarWriter(str(first)) as sink:
+        for i, sample in enumerate(samples):
+            sink.write({k: v for k, v in sample.items() if not k.startswith("__")} | {"__key__": f"img_a{i}"})
+    from mrl.data.datamodules import TRANSFORMS
+
+    stream = EvalShardStream(copy, "test", read_meta(copy), TRANSFORMS["cifar"](12)[1], rank_and_world=(0, 1),
+                             with_index=True)
+    with pytest.raises(ConfigError, match="^data.root: a sample of split 'test' has the key 'img_a0', not its position 0..15"):
+        next(iter(stream))

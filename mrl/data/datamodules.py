@@ -83,10 +83,11 @@ def create_datamodule(name: str, **kwargs: Any) -> ClassificationDataModule:
     return DATAMODULES[name](**kwargs)
 
 
-def collate_images(samples: list[tuple[torch.Tensor, int]]) -> dict[str, torch.Tensor]:
-    """``[(image, label), ...] -> {"image": [B, C, H, W], "label": [B]}``: the batch dict of image data."""
-    images, labels = default_collate(samples)
-    return {"image": images, "label": labels}
+def collate_images(samples: list[tuple]) -> dict[str, torch.Tensor]:
+    """``[(image, label), ...] -> {"image": [B, C, H, W], "label": [B]}``: the batch dict of image data
+    (``[(image, label, index), ...]`` adds ``"index": [B]``, a streamed sample's place in its split)."""
+    columns = default_collate(samples)
+    return dict(zip(("image", "label", "index"), columns))
 
 
 class ClassificationDataModule(L.LightningDataModule):
@@ -523,8 +524,8 @@ class ShardsDataModule(ImageDataModule):
 
     ``transform``: ``imagenet`` (random-resized crop and flip; resize and centre crop) or ``cifar`` (4-pixel
     padded crop and flip; none). Validation: ``holdout`` reads the converter's ``holdout`` split (made with
-    ``--holdout-fraction``), ``test`` the test split, ``none`` nothing. Embedding (``scripts/embed.py``) needs
-    indexed data: embed from the ImageFolder the shards were made from.
+    ``--holdout-fraction``), ``test`` the test split, ``none`` nothing. Embedding (``scripts/embed.py``) streams
+    the shards too, on any number of processes, each row placed by its sample's index.
     """
 
     def __init__(self, root: str | None = None, image_size: int = 224, transform: str = "imagenet",
@@ -588,8 +589,17 @@ class ShardsDataModule(ImageDataModule):
         return super().eval_dataloader(dataset)
 
     def split_dataset(self, split: str):
-        raise ConfigError("data.name", "webdataset shards are streamed, and embedding needs indexed data",
-                          "embed with data=imagenet (or image_folder) on the ImageFolder the shards were made from")
+        """``train`` (the converter's train split, evaluation transforms), ``val`` (its ``holdout`` split) or
+        ``test`` (``eval_split``), streamed with each sample's index (see :class:`EvalShardStream`)."""
+        from mrl.data.shards import EvalShardStream
+
+        self.setup("test")
+        names = {"train": "train", "val": "holdout", "test": self.eval_split}
+        if split not in names or names[split] not in self.meta["splits"]:
+            available = sorted(k for k, v in names.items() if v in self.meta["splits"])
+            raise ConfigError("splits", f"unknown or absent split {split!r}", f"choose from {available}")
+        _, eval_transform = TRANSFORMS[self.transform](self.image_size)
+        return EvalShardStream(self.shard_root, names[split], self.meta, eval_transform, with_index=True)
 
 
 @register_datamodule("text")

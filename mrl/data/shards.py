@@ -129,14 +129,19 @@ def _read(urls: list[str]) -> Iterator[dict[str, Any]]:
 
 
 class EvalShardStream(IterableDataset):
-    """``(image, label)`` of one split, in shard order; rank ``r`` and worker ``w`` read their shards only."""
+    """``(image, label)`` of one split, in shard order; rank ``r`` and worker ``w`` read their shards only.
+    ``with_index``: ``(image, label, index)``, the sample's place in the split (the converter's ``__key__``), so
+    that embedding files put every row where it belongs although ranks and workers read in no fixed order."""
 
     def __init__(self, root: Path, split: str, meta: dict[str, Any], transform: Callable,
-                 rank_and_world: tuple[int, int] | None = None):
+                 rank_and_world: tuple[int, int] | None = None, with_index: bool = False):
         info = meta["splits"][split]
+        self.split = split
         self.urls = [str(root / split / name) for name in info["shards"]]
         self.counts = list(info["samples"])
+        self.num_samples = sum(self.counts)  # of the whole split, on every rank
         self.transform = transform
+        self.with_index = with_index
         self.rank, self.world = rank_and_world or distributed_rank_and_size()
 
     def place(self, rank: int, world: int) -> None:
@@ -146,14 +151,27 @@ class EvalShardStream(IterableDataset):
 
     def __len__(self) -> int:
         """Samples this rank yields (over all its workers)."""
-        return sum(self.counts[self.rank::self.world])
+        return self.rows_of_rank(self.rank, self.world)
 
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, int]]:
+    def rows_of_rank(self, rank: int, world: int) -> int:
+        """Samples rank ``rank`` of ``world`` yields: those of its shards ``rank, rank + world, ...``."""
+        return sum(self.counts[rank::world])
+
+    def __iter__(self) -> Iterator[tuple]:
         worker, workers = _worker()
         mine = self.urls[self.rank::self.world][worker::workers]
         for sample in _read(mine):
             data, label = _image_and_label(sample)
-            yield self.transform(decode_image(data)), label
+            image = self.transform(decode_image(data))
+            yield (image, label, self._index(sample)) if self.with_index else (image, label)
+
+    def _index(self, sample: dict[str, Any]) -> int:
+        key = str(sample.get("__key__", "")).rsplit("/", 1)[-1]
+        if not key.isdigit() or int(key) >= self.num_samples:
+            raise ConfigError("data.root", f"a sample of split {self.split!r} has the key {key!r}, not its position "
+                              f"0..{self.num_samples - 1} in the split",
+                              "convert the shards with scripts/make_shards.py")
+        return int(key)
 
 
 class TrainShardStream(IterableDataset):
