@@ -250,5 +250,6 @@ def test_shards_with_foreign_keys_are_refused_when_embedding(shards, tmp_path):
 
     stream = EvalShardStream(copy, "test", read_meta(copy), TRANSFORMS["cifar"](12)[1], rank_and_world=(0, 1),
                              with_index=True)
-    with pytest.raises(ConfigError, match="^data.root: a sample of split 'test' has the key 'img_a0', not its position 0..15"):
+    with pytest.raises(ConfigError, match="^data.root: a sample of split 'test' has the key 'img_a0', not its "
+                                          "position 0..15"):
         next(iter(stream))
