@@ -51,6 +51,16 @@ def new_wandb_run_id() -> str:
     return "".join(secrets.choice(string.ascii_lowercase + string.digits) for _ in range(8))
 
 
+def wandb_settings(cfg: Mapping[str, Any]):
+    """The W&B settings that keep a run from hanging on an unreachable server: ``init_timeout`` (seconds for
+    ``wandb.init``) and ``finish_timeout`` (seconds the end of the run waits for the upload; W&B's own default,
+    0, waits for ever). Records never uploaded stay in the run's folder for ``wandb sync``."""
+    import wandb
+
+    return wandb.Settings(init_timeout=float(cfg.get("init_timeout", 90)),
+                          finish_timeout=float(cfg.get("finish_timeout", 600)))
+
+
 def create_loggers(cfg: Mapping[str, Any] | None, output_dir: str | Path, run_name: str, group: str,
                    tags: Sequence[str], config: Mapping[str, Any] | None = None,
                    wandb_run_id: str | None = None) -> list[Logger]:
@@ -66,9 +76,18 @@ def create_loggers(cfg: Mapping[str, Any] | None, output_dir: str | Path, run_na
             logger = WandbLogger(project=wandb_cfg.get("project", "mrl"), entity=wandb_cfg.get("entity"),
                                  name=run_name, group=group, tags=list(tags), save_dir=str(output_dir),
                                  offline=mode == "offline", mode=mode, job_type=wandb_cfg.get("job_type", "train"),
-                                 id=wandb_run_id, resume="allow" if wandb_run_id else None)
+                                 id=wandb_run_id, resume="allow" if wandb_run_id else None,
+                                 settings=wandb_settings(wandb_cfg))
             # Lightning always passes W&B's deprecated `anonymous` setting, which then prints a notice.
             logger._wandb_init.pop("anonymous", None)
+            try:
+                logger.experiment  # noqa: B018  (wandb.init, here, before training: a dead server fails now)
+            except Exception as err:  # wandb.errors.CommError and the like, after init_timeout
+                from mrl.errors import ConfigError
+
+                reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+                raise ConfigError("logger.wandb.mode", f"is {mode} but W&B did not start ({reason})",
+                                  "set logger.wandb.mode=offline (and `wandb sync` the run later), or auto") from None
             if config is not None:
                 logger.log_hyperparams(dict(config))
             loggers.append(logger)

@@ -166,3 +166,36 @@ def test_evaluation_adds_its_tables_to_the_training_runs_wandb_run(runs, tmp_pat
 
     table = comparison_table(collect_wandb("digits_mlp", "mrl", api=FakeApi([Run(run)])))
     assert [r["mAP@10 MRL"] for r in table.rows] == pytest.approx([retrieval[m] for m in DIGITS_DIMS])
+
+
+def test_an_online_run_whose_wandb_server_is_dead_stops_before_training_in_one_line(tmp_path):
+    """mode=online with a server that does not answer: one line naming the fix after init_timeout, exit 2, no
+    training; never a hang."""
+    env = {**ENV, "WANDB_BASE_URL": "http://127.0.0.1:9", "WANDB_API_KEY": "x" * 40}
+    env.pop("WANDB_MODE")
+    proc = subprocess.run([sys.executable, "scripts/train.py", "callbacks.progress_bar=none", "logger.wandb.mode=online",
+                           "logger.wandb.init_timeout=3", f"hydra.run.dir={tmp_path}"], cwd=PROJECT_ROOT, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    line = proc.stderr.strip().splitlines()[-1]
+    assert line.startswith("error: logger.wandb.mode: is online but W&B did not start (") and "mode=offline" in line
+    assert not (tmp_path / "checkpoints").exists()
+
+
+def test_wandb_runs_wait_a_bounded_time_for_the_upload(tmp_path):
+    """W&B's own default waits for ever at the end of a run whose server went away mid-run; ours waits
+    logger.wandb.finish_timeout seconds, then leaves the records in the run folder for `wandb sync`."""
+    from mrl.loggers import create_loggers
+
+    loggers = create_loggers({"wandb": {"mode": "offline", "init_timeout": 30, "finish_timeout": 7}}, tmp_path,
+                             "run", "group", [])
+    wandb_logger = loggers[-1]
+    settings = wandb_logger._wandb_init["settings"]
+    assert settings.finish_timeout == 7 and settings.init_timeout == 30
+    assert wandb_logger.experiment.settings.finish_timeout == 7
+    wandb_logger.experiment.finish()
+    assert any((tmp_path / "wandb").glob("offline-run-*/*.wandb"))
+    from mrl.app.config_checks import check_train_config
+
+    with pytest.raises(ConfigError, match=r"^logger.wandb.finish_timeout: must be .*, got -1"):
+        check_train_config({"logger": {"wandb": {"finish_timeout": -1}}})

@@ -347,6 +347,9 @@ NUMBER_FIELDS: tuple[tuple[str, Range, str, tuple], ...] = (
     ("model.backbone.drop_path_rate", Range(0, 1, high_open=True),
      "set model.backbone.drop_path_rate in [0, 1), e.g. 0.1", ()),
     ("trainer.gradient_clip_val", NON_NEGATIVE, "set trainer.gradient_clip_val >= 0, or null for no clipping", (None,)),
+    ("logger.wandb.init_timeout", POSITIVE, "set logger.wandb.init_timeout to seconds, e.g. 90", ()),
+    ("logger.wandb.finish_timeout", NON_NEGATIVE,
+     "set logger.wandb.finish_timeout to seconds, e.g. 600 (0: wait until every record is uploaded)", ()),
 )
 
 # (field, choices, fix) of the settings that take one of a few values.
