@@ -173,8 +173,9 @@ def test_an_online_run_whose_wandb_server_is_dead_stops_before_training_in_one_l
     training; never a hang."""
     env = {**ENV, "WANDB_BASE_URL": "http://127.0.0.1:9", "WANDB_API_KEY": "x" * 40}
     env.pop("WANDB_MODE")
-    proc = subprocess.run([sys.executable, "scripts/train.py", "callbacks.progress_bar=none", "logger.wandb.mode=online",
-                           "logger.wandb.init_timeout=3", f"hydra.run.dir={tmp_path}"], cwd=PROJECT_ROOT, env=env,
+    args = ["callbacks.progress_bar=none", "logger.wandb.mode=online", "logger.wandb.init_timeout=3",
+            f"hydra.run.dir={tmp_path}"]
+    proc = subprocess.run([sys.executable, "scripts/train.py", *args], cwd=PROJECT_ROOT, env=env,
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2, proc.stderr[-3000:]
     line = proc.stderr.strip().splitlines()[-1]
