@@ -188,11 +188,17 @@ class EmbeddingWriter(L.Callback):
         self.dtype, self.np_dtype, self.meta = dtype, _check_dtype(dtype), meta
         self.progress_every = progress_every
         self.indexed = indexed
-        self.rows_of_rank = rows_of_rank or (lambda rank, world: len(range(rank, num_samples, world)))
+        self.streamed_rows = rows_of_rank  # a bound method or None: picklable, as ddp_spawn needs
         self.tmp = self.root / f".{split}.tmp"  # one name on every rank (ranks may be separate launches)
 
     def _shard(self, rank: int) -> Path:
         return self.tmp if self.world == 1 and self.indexed else self.tmp / f"shard-{rank}"
+
+    def rows_of_rank(self, rank: int, world: int) -> int:
+        """Rows rank ``rank`` of ``world`` embeds: its samples ``rank, rank + world, ...`` of indexed data."""
+        if self.streamed_rows is not None:
+            return self.streamed_rows(rank, world)
+        return len(range(rank, self.num_samples, world))
 
     def on_predict_start(self, trainer: L.Trainer, pl_module) -> None:
         self.world, self.rank = trainer.world_size, trainer.global_rank
