@@ -68,6 +68,7 @@ class MatryoshkaModule(L.LightningModule):
         dims = resolve_nesting_dims(nesting_dims, self.encoder.width, warn_partial=task_args.get("head") != "ff")
         self.task = create_task(task, dims, resolve_loss_weights(loss_weights, dims), self.encoder.width,
                                 **task_args)
+        self.task.attach(self.encoder)
         self.nesting_dims = self.task.nesting_dims
         self.register_buffer("loss_weights", torch.tensor(self.task.loss_weights), persistent=False)
         self.optimizer_cfg = dict(optimizer or {"name": "sgd", "lr": 0.1})
@@ -101,7 +102,7 @@ class MatryoshkaModule(L.LightningModule):
     def forward(self, batch: Any) -> Any:
         """The task's per-size outputs of a batch (see :func:`as_batch`); classification: logits ``[G, B, C]``."""
         batch = self._encoder_inputs(batch)
-        return self.task(self.encoder(batch), batch)
+        return self.task(self.task.encode(self.encoder, batch), batch)
 
     def embed(self, batch: Any) -> torch.Tensor:
         """Full-width embedding ``[B, width]``; its first m coordinates are the size-m embedding."""
@@ -116,6 +117,7 @@ class MatryoshkaModule(L.LightningModule):
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         batch = as_batch(batch)
+        self.task.step = self.global_step
         per_size = self.task.loss(self(batch), batch)
         loss = (per_size * self.loss_weights).sum()
         self._record_first_non_finite(loss, per_size)
@@ -123,8 +125,10 @@ class MatryoshkaModule(L.LightningModule):
         self.log("train/loss", loss, prog_bar=True, batch_size=batch_size)
         if self._writes_step_metrics():
             self._stop_if_not_finite()
-            self.log_dict({f"train/loss@{m}": value for m, value in zip(self.nesting_dims, per_size.detach())},
-                          batch_size=batch_size)
+            trained = self.task.sizes_this_step  # a task training a subset of sizes per step logs only those
+            self.log_dict({f"train/loss@{m}": value for g, (m, value) in enumerate(zip(self.nesting_dims,
+                                                                                     per_size.detach()))
+                           if trained is None or g in trained}, batch_size=batch_size)
         return loss
 
     def _writes_step_metrics(self) -> bool:
@@ -229,7 +233,7 @@ class MatryoshkaModule(L.LightningModule):
         """What embedding files hold (:meth:`mrl.tasks.Task.predict`): ``{"embeddings": [B, width], "labels": [B]}``
         and, for classification, ``"logits": [G, B, C]``; ``"index": [B]`` when the batch has it."""
         batch = self._encoder_inputs(batch)
-        out = self.task.predict(self.encoder(batch), batch)
+        out = self.task.predict(self.task.encode(self.encoder, batch), batch)
         if "index" in batch:  # streamed data: each sample's place in its split (see mrl.embeddings.EmbeddingWriter)
             out["index"] = batch["index"]
         return out

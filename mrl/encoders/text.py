@@ -216,8 +216,16 @@ class TextEncoder(nn.Module):
                                  return_tensors="pt")
         return {k: v for k, v in encoded.items() if k in self.input_names}
 
-    def forward(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        """Embeddings ``[B, width]`` of a tokenized batch (``tokenize`` output, extra keys ignored)."""
+    @property
+    def num_layers(self) -> int:
+        """Transformer layers (blocks); :meth:`forward`'s ``layers`` count them from 1 (the first block's output)
+        to ``num_layers`` (the last hidden state)."""
+        return int(self.model.config.num_hidden_layers)
+
+    def forward(self, batch: Mapping[str, torch.Tensor], layers: Sequence[int] | None = None) -> torch.Tensor:
+        """Embeddings ``[B, width]`` of a tokenized batch (``tokenize`` output, extra keys ignored); with
+        ``layers``, the pooled outputs of those layers, ``[len(layers), B, width]`` (2D Matryoshka: each layer's
+        output is an embedding too; layer ``num_layers`` is the usual one). One forward pass either way."""
         if "input_ids" not in batch:
             raise KeyError(f"batch has no 'input_ids' (keys: {sorted(batch)}); build it with TextEncoder.tokenize")
         device = self.model.get_input_embeddings().weight.device
@@ -226,8 +234,15 @@ class TextEncoder(nn.Module):
         if attention_mask is None:  # no padding information: every token is real
             attention_mask = torch.ones_like(inputs["input_ids"])
         attention_mask = attention_mask.to(device)
-        hidden = self.model(**inputs).last_hidden_state  # [B, T, width]
-        return POOLINGS[self.pooling](hidden, attention_mask)
+        pool = POOLINGS[self.pooling]
+        if layers is None:
+            return pool(self.model(**inputs).last_hidden_state, attention_mask)  # [B, width]
+        bad = [layer for layer in layers if not 1 <= layer <= self.num_layers]
+        if bad:
+            raise ValueError(f"layer {bad[0]} is outside 1..{self.num_layers} of {self.name}")
+        # hidden_states[0] is the embedding layer's output, hidden_states[l] the l-th block's.
+        hidden_states = self.model(**inputs, output_hidden_states=True).hidden_states
+        return torch.stack([pool(hidden_states[layer], attention_mask) for layer in layers])
 
 
 def load_tokenizer(name_or_path: str):

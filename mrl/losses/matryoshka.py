@@ -30,17 +30,21 @@ class MatryoshkaLoss(nn.Module):
         self.base_loss = base_loss
         self.register_buffer("weights", torch.tensor(list(weights), dtype=torch.float32), persistent=False)
 
-    def per_size(self, outputs: torch.Tensor | Sequence, *args) -> torch.Tensor:
-        """The unweighted base loss of each size, shape ``[G]``."""
+    def per_size(self, outputs: torch.Tensor | Sequence, *args, sizes: Sequence[int] | None = None) -> torch.Tensor:
+        """The unweighted base loss of each size, shape ``[G]``. ``sizes``: indices of the sizes to compute this
+        step (sentence-transformers' ``n_dims_per_step``); the others are 0 and get no gradient."""
         if len(outputs) != len(self.weights):
             raise ValueError(f"MatryoshkaLoss has {len(self.weights)} weights but got {len(outputs)} sizes")
-        if isinstance(outputs, torch.Tensor) and hasattr(self.base_loss, "stacked"):
+        if sizes is None and isinstance(outputs, torch.Tensor) and hasattr(self.base_loss, "stacked"):
             return self.base_loss.stacked(outputs, *args)
-        return torch.stack([self.base_loss(*(out if isinstance(out, tuple) else (out,)), *args)
-                            for out in outputs])
+        chosen = range(len(outputs)) if sizes is None else set(sizes)
+        losses = [self.base_loss(*(out if isinstance(out, tuple) else (out,)), *args) if g in chosen else None
+                  for g, out in enumerate(outputs)]
+        zero = next(loss for loss in losses if loss is not None).new_zeros(())
+        return torch.stack([zero if loss is None else loss for loss in losses])
 
-    def forward(self, outputs: torch.Tensor | Sequence, *args) -> torch.Tensor:
-        return (self.per_size(outputs, *args) * self.weights).sum()
+    def forward(self, outputs: torch.Tensor | Sequence, *args, sizes: Sequence[int] | None = None) -> torch.Tensor:
+        return (self.per_size(outputs, *args, sizes=sizes) * self.weights).sum()
 
 
 class CrossEntropy(nn.Module):

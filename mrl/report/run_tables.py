@@ -105,8 +105,13 @@ def write_table(rows: Sequence[Mapping[str, Any]], out_dir: Path, name: str, tit
 
 
 def rows_by_dim(metrics: Mapping[str, float], nesting_dims: Sequence[int],
-                columns: Sequence[str] = METRIC_COLUMNS) -> list[dict[str, float]]:
-    """``{"top1@8": .., "top5@8": ..}`` -> ``[{"dim": 8, "top1": .., "top5": ..}, ...]``."""
+                columns: Sequence[str] | None = None) -> list[dict[str, float]]:
+    """``{"top1@8": .., "top5@8": ..}`` -> ``[{"dim": 8, "top1": .., "top5": ..}, ...]``. ``columns``: the metrics
+    to keep; ``None``: every ``<name>@<size>`` the task logged at all sizes (classification: top1, top5;
+    contrastive: spearman and/or accuracy), in the order logged."""
+    if columns is None:
+        names = dict.fromkeys(key.split("@")[0] for key in metrics if "@" in key)
+        columns = [c for c in names if all(f"{c}@{m}" in metrics for m in nesting_dims)]
     return [{"dim": m, **{c: metrics[f"{c}@{m}"] for c in columns}} for m in nesting_dims]
 
 
@@ -119,7 +124,7 @@ def plot_accuracy_by_dim(rows: Sequence[Mapping[str, float]], path: Path, title:
     ax.set_xscale("log", base=2)
     ax.set_xticks(dims, [str(d) for d in dims])
     ax.set_xlabel("representation size (dims)")
-    ax.set_ylabel("accuracy (%)")
+    ax.set_ylabel(", ".join(columns) + " (%)")
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend()

@@ -3,5 +3,6 @@ LightningModule. ``classification`` today; contrastive, masked-LM and image-text
 
 from mrl.tasks.base import TASKS, Task, create_task, register_task
 from mrl.tasks.classification import ClassificationTask
+from mrl.tasks.contrastive import ContrastiveTask
 
-__all__ = ["TASKS", "ClassificationTask", "Task", "create_task", "register_task"]
+__all__ = ["TASKS", "ClassificationTask", "ContrastiveTask", "Task", "create_task", "register_task"]

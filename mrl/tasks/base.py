@@ -60,6 +60,21 @@ class Task(nn.Module):
         DataModule; the training app adds them to the config's."""
         return {}
 
+    #: the optimiser step, set by the module before each training loss: per-step random draws (sizes, layers)
+    #: seeded by it are the same on every rank and after a resume
+    step: int = 0
+    #: indices of the sizes whose loss this step computed, when a task trains a subset per step (None: all)
+    sizes_this_step: list[int] | None = None
+
+    def attach(self, encoder: nn.Module) -> None:
+        """Check, once, what the task needs of the encoder (e.g. layers for 2D Matryoshka); a
+        :class:`ConfigError` if it cannot serve."""
+
+    def encode(self, encoder: nn.Module, batch: Mapping[str, Any]) -> torch.Tensor:
+        """The embedding(s) the task trains on: ``encoder(batch)``, ``[B, width]``, unless a task needs more
+        (a 2D Matryoshka task: several layers' outputs, ``[L, B, width]``)."""
+        return encoder(batch)
+
     def forward(self, z: torch.Tensor, batch: Mapping[str, Any]) -> Any:
         """The per-size outputs of embeddings ``z [B, width]`` (e.g. logits ``[G, B, C]``)."""
         raise NotImplementedError
