@@ -17,6 +17,16 @@ Evaluators (``evaluators``):
 * ``baselines``: for an FF model at full width: SVD, SVD of the classifier, Rand-LP, Rand-FS.
 * ``robustness``: linear top-1/top-5 of embedded robustness sets (``robustness: {name: folder}``, made
   by :func:`mrl.evaluation.robustness.embed_robustness_set`), ImageNet-A/-R masked to their 200 classes.
+* ``sts``: Spearman correlation (x100) of the cosine of sentence pairs with their gold scores at each size, on the
+  split ``sts.split`` (``scripts/embed.py data=stsb``), and per (layer, size) for a 2D Matryoshka model
+  (``sts_layers``).
+* ``text_retrieval``: nDCG@k, recall@k and MRR@k (%) of the queries split ``text_retrieval.queries`` over its corpus
+  split (``scripts/embed.py data=cranfield|beir``) at each size, and adaptive retrieval (shortlist on ``D_s``,
+  rerank on ``D_r``) with the cost model and wall-clock next to exact full-width search
+  (``text_retrieval_adaptive``).
+
+``sts`` and ``text_retrieval`` read their own splits (unlabelled, no ``test/`` needed); their tables give, for each
+size, ``kept`` (the score over the full-width score) and ``size_fraction`` (the size over the full width).
 
 Every setting of every selected evaluator is checked before anything is written, so a bad one stops the run
 with a one-line :class:`~mrl.errors.ConfigError` and an untouched ``output_dir``. Each evaluator then writes
@@ -64,6 +74,10 @@ DEFAULTS: dict[str, Any] = {
                   "probe_optimizer": "lbfgs", "probe_steps": 300, "weight_decay": 1e-4, "seed": 0,
                   "ks": [10]},
     "robustness": {},
+    "sts": {"split": "test"},
+    "text_retrieval": {"queries": "queries", "corpus": None, "ndcg_ks": [10], "recall_ks": [100], "mrr_ks": [10],
+                       "adaptive": True, "shortlist_dims": None, "rerank_dims": None, "shortlist_ks": [200, 400],
+                       "method": "exact", "hnsw_m": 32, "ef_search": 128, "ef_construction": 200, "repeats": 1},
     "wandb": "auto",            # the tables also go to the training run's W&B run: auto | online | offline | disabled
 }
 # top-level keys of the Hydra config (and "resolved", written to eval_config.yaml) that evaluate() does not use
@@ -311,6 +325,71 @@ def _plan_robustness(ctx: dict, cfg: dict) -> dict[str, Any]:
                                   f"the {classes} classes of {canonical}")
         splits[canonical] = split
     return {"splits": splits, "ks": ks}
+
+
+def _split_name(value: Any, field: str) -> str:
+    if not isinstance(value, str) or not value or "/" in value:
+        raise ConfigError(field, f"expected the name of a split folder under embeddings_dir, got {value!r}")
+    return value
+
+
+def _same_model(split, reference, field: str) -> None:
+    if split.meta.get("checkpoint") != reference.meta.get("checkpoint") or split.width != reference.width:
+        raise ConfigError(field, f"{split.path} and {reference.path} come from different checkpoints",
+                          "embed every split with the same checkpoint")
+
+
+def _plan_sts(ctx: dict, cfg: dict) -> dict[str, Any]:
+    split = ctx["splits"][cfg["sts"]["split"]]
+    if "pairs" not in split.relations:
+        raise ConfigError("sts.split", f"{split.path} holds no sentence pairs (pairs.npy, scores.npy)",
+                          "embed an STS set: scripts/embed.py data=stsb splits=[test]")
+    if len(split.relations["pairs"]) < 2:
+        raise ConfigError("sts.split", f"{split.path} holds {len(split.relations['pairs'])} pair(s); a correlation "
+                          "needs at least 2")
+    return {"split": split}
+
+
+def _plan_text_retrieval(ctx: dict, cfg: dict) -> dict[str, Any]:
+    from mrl.embeddings import load_split
+    from mrl.evaluation.text_retrieval import check_qrels
+
+    sec = "text_retrieval"
+    s, nesting = cfg[sec], ctx["nesting_dims"]
+    queries = ctx["splits"][s["queries"]]
+    if "qrels" not in queries.relations:
+        raise ConfigError(f"{sec}.queries", f"{queries.path} holds no relevance judgements (qrels.npy)",
+                          "embed a retrieval set: scripts/embed.py data=cranfield splits=[corpus,queries]")
+    corpus_name = s["corpus"] or queries.meta.get("corpus_split")
+    if not corpus_name:
+        raise ConfigError(f"{sec}.corpus", f"is not set and {queries.path}/meta.json names no corpus_split",
+                          "give text_retrieval.corpus=<the corpus split>")
+    corpus = load_split(ctx["emb_dir"] / _split_name(corpus_name, f"{sec}.corpus"))
+    _same_model(corpus, queries, f"{sec}.corpus")
+    n, width = len(corpus.embeddings), corpus.width
+    with _Section(sec, (), {"qrels": "queries"}):
+        qrels = check_qrels(queries.relations["qrels"], len(queries.embeddings), n)
+    if not (qrels[:, 2] > 0).any():
+        raise ConfigError(f"{sec}.queries", f"{queries.path}/qrels.npy has no relevant judgement (gain > 0)")
+    ks = {key: _check_ks(s[key], n, f"{sec}.{key}", f"the corpus size {n}") for key in ("ndcg_ks", "recall_ks",
+                                                                                         "mrr_ks")}
+    depth = max(max(v) for v in ks.values())
+    plan = {"queries": queries, "corpus": corpus, "qrels": qrels, **ks, "depth": depth,
+            "adaptive": _check_bool(s["adaptive"], f"{sec}.adaptive")}
+    if not plan["adaptive"]:
+        return plan
+    shortlist_dims = (_sizes(s["shortlist_dims"], f"{sec}.shortlist_dims", width) if s["shortlist_dims"] is not None
+                      else [d for d in nesting if d < width] or [nesting[0]])
+    rerank_dims = _sizes(s["rerank_dims"], f"{sec}.rerank_dims", width) if s["rerank_dims"] is not None else [width]
+    shortlist_ks = _int_list(s["shortlist_ks"], f"{sec}.shortlist_ks")
+    for kk in shortlist_ks:
+        if not depth <= kk <= n:
+            raise ConfigError(f"{sec}.shortlist_ks", f"K={kk} must lie between the deepest cut-off {depth} and the "
+                              f"corpus size {n}", f"use shortlist lengths in {depth}..{n}")
+    with _Section(sec, s):
+        search = check_search_settings(s["method"], s["hnsw_m"], s["ef_search"], s["ef_construction"])
+    return {**plan, "shortlist_dims": shortlist_dims, "rerank_dims": rerank_dims, "shortlist_ks": shortlist_ks,
+            "repeats": _check_int(s["repeats"], f"{sec}.repeats", 1), **search}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -595,15 +674,139 @@ def _run_robustness(ctx: dict, plan: dict, out: Path) -> list[dict]:
     return rows
 
 
+def _with_full_width(dims: Sequence[int], width: int) -> list[int]:
+    """``dims`` and the full width (the reference of ``kept``), sorted."""
+    return sorted(set(dims) | {width})
+
+
+def _run_sts(ctx: dict, plan: dict, out: Path) -> list[dict]:
+    from mrl.evaluation.sts import spearman_by_layer_and_size, spearman_by_size
+
+    split = plan["split"]
+    pairs, scores = np.asarray(split.relations["pairs"]), np.asarray(split.relations["scores"])
+    width, dims = split.width, ctx["dims"]
+    sizes = _with_full_width(dims, width)
+    emb = np.asarray(split.embeddings, dtype=np.float32)
+    rho = dict(zip(sizes, spearman_by_size(emb[pairs[:, 0]], emb[pairs[:, 1]], scores, sizes)))
+    full = rho[width]
+    rows = [{"dim": m, "spearman": 100.0 * rho[m], "kept": rho[m] / full, "size_fraction": m / width} for m in dims]
+    notes = [f"{len(pairs)} pairs of {len(emb)} sentences ({split.path.name}); spearman: Spearman's rho x 100 between "
+             "the gold scores and the cosine of the L2-normalised size-d prefixes (truncated, then normalised).",
+             f"kept: rho at d / rho at the full width {width} ({100 * full:.2f}); size_fraction: d / {width}."]
+    write_table(rows, out, "sts", f"STS Spearman by size, {ctx['label']}", notes)
+    series = {"last layer" if split.layers else "spearman": ([r["dim"] for r in rows], [r["spearman"] for r in rows])}
+    if split.layers:
+        layer_emb = np.asarray(split.layer_embeddings, dtype=np.float32)
+        by_layer = spearman_by_layer_and_size(layer_emb[:, pairs[:, 0]], layer_emb[:, pairs[:, 1]], scores, dims)
+        layers = split.layers
+        layer_rows = [{"layer": layer, "dim": m, "spearman": 100.0 * r, "kept": r / full, "size_fraction": m / width,
+                       "layer_fraction": layer / max(layers)}
+                      for layer, values in zip(layers, by_layer) for m, r in zip(dims, values)]
+        write_table(layer_rows, out, "sts_layers", f"STS Spearman by layer and size, {ctx['label']}",
+                    notes + ["2D Matryoshka: each layer's pooled output; kept is against the last layer at full width; "
+                             f"layer_fraction: layer / {max(layers)}."])
+        series = {f"layer {layer}": (list(dims), [100.0 * r for r in values])
+                  for layer, values in zip(layers, by_layer)}
+    _plot(out / "sts.png", series, f"STS-B Spearman, {ctx['label']}", "representation size", "Spearman x 100",
+          markers=len(dims) <= 32)
+    return rows
+
+
+def _run_text_retrieval(ctx: dict, plan: dict, out: Path) -> list[dict]:
+    from mrl.evaluation.text_retrieval import evaluate_text_retrieval
+
+    queries, corpus, qrels = plan["queries"], plan["corpus"], plan["qrels"]
+    width, dims, n = corpus.width, ctx["dims"], len(corpus.embeddings)
+    ks = {key: plan[key] for key in ("ndcg_ks", "recall_ks", "mrr_ks")}
+    sizes = _with_full_width(dims, width)
+    found = evaluate_text_retrieval(corpus.embeddings, queries.embeddings, qrels, sizes, **ks,
+                                    progress=_progress("text_retrieval", len(sizes)))
+    by_dim = {r["dim"]: r for r in found}
+    headline = f"ndcg@{plan['ndcg_ks'][0]}"
+    metrics = [k for k in found[0] if "@" in k]
+    full = by_dim[width][headline]
+    rows = [{"dim": m, **_pct(by_dim[m], metrics), "kept": by_dim[m][headline] / full if full > 0 else float("nan"),
+             "size_fraction": m / width, "num_queries": by_dim[m]["num_queries"],
+             "search_seconds": by_dim[m]["search_seconds"]} for m in dims]
+    split_names = f"queries: {queries.path.name} ({len(queries.embeddings)}), corpus: {corpus.path.name} ({n})"
+    write_table(rows, out, "text_retrieval", f"Text retrieval (%) by size, {ctx['label']}",
+                [f"{split_names}; exact cosine search on the L2-normalised size-d prefixes; graded gains, means over "
+                 f"the {rows[0]['num_queries']} queries with a relevant document (trec_eval's definitions).",
+                 f"kept: {headline} at d / at the full width {width} ({100 * full:.2f}); size_fraction: d / {width}."])
+    series = {m: ([r["dim"] for r in rows], [r[m] for r in rows]) for m in metrics}
+    _plot(out / "text_retrieval.png", series, f"Text retrieval, {ctx['label']}", "representation size", "%",
+          markers=len(rows) <= 32)
+    if plan["adaptive"]:
+        _text_adaptive(ctx, plan, out, full, headline, split_names)
+    return rows
+
+
+def _text_adaptive(ctx: dict, plan: dict, out: Path, full: float, headline: str, split_names: str) -> list[dict]:
+    """Shortlist K documents on the D_s prefix, rerank on D_r: the graded measures of the reranked lists, the
+    paper's cost model and the wall-clock, next to exact full-width search (``text_retrieval_adaptive``)."""
+    from mrl.evaluation.adaptive_retrieval import adaptive_retrieval, exact_retrieval_mflops, retrieval_mflops
+    from mrl.evaluation.retrieval import build_index, l2_normalize_prefix, search_index
+    from mrl.evaluation.text_retrieval import text_retrieval_metrics
+
+    queries, corpus = plan["queries"], plan["corpus"]
+    db, q_emb = np.ascontiguousarray(corpus.embeddings), np.asarray(queries.embeddings)
+    n, q, width, depth = len(db), len(q_emb), corpus.width, plan["depth"]
+    repeats, method = plan["repeats"], plan["method"]
+    ks = {key: plan[key] for key in ("ndcg_ks", "recall_ks", "mrr_ks")}
+    exact_mflops = exact_retrieval_mflops(n, width)
+
+    def scored(ranked: np.ndarray) -> dict[str, float]:
+        found = text_retrieval_metrics(ranked, plan["qrels"], n, **ks)
+        return _pct(found, [k for k in found if "@" in k])
+
+    full_index = build_index(l2_normalize_prefix(db, width, field="db_emb"), "exact")
+    (_, idx), exact_s = _timed(lambda: search_index(full_index, l2_normalize_prefix(q_emb, width, field="q_emb"),
+                                                    depth), repeats)
+    full_index.reset()  # its memory back before the shortlist indexes
+    exact_us = 1e6 * exact_s / q
+    rows = [{"kind": "exact", "D_s": width, "D_r": width, "K": "", **scored(idx), "kept": 1.0, "size_fraction": 1.0,
+             "mflops": exact_mflops, "cost_fraction": 1.0, "us_per_query": exact_us, "speedup": 1.0}]
+    progress = _progress("text_retrieval (adaptive)", len(plan["shortlist_dims"]))
+    for ds in plan["shortlist_dims"]:
+        index = build_index(l2_normalize_prefix(db, ds, field="db_emb"), method, plan["hnsw_m"],
+                            plan["ef_construction"])
+        for dr in [d for d in plan["rerank_dims"] if d >= ds]:
+            for kk in plan["shortlist_ks"]:
+                idx, sec_s = _timed(lambda: adaptive_retrieval(db, q_emb, ds, dr, kk, depth, method=method,
+                                                               ef_search=plan["ef_search"], index=index), repeats)
+                row = scored(idx)
+                us, mflops = 1e6 * sec_s / q, retrieval_mflops(n, ds, [(kk, dr)])
+                rows.append({"kind": f"adaptive ({method})", "D_s": ds, "D_r": dr, "K": kk, **row,
+                             "kept": row[headline] / rows[0][headline] if rows[0][headline] > 0 else float("nan"),
+                             "size_fraction": ds / width, "mflops": mflops, "cost_fraction": mflops / exact_mflops,
+                             "us_per_query": us, "speedup": exact_us / us if us > 0 else float("inf")})
+        progress(f"shortlist size D_s={ds}")
+    write_table(rows, out, "text_retrieval_adaptive", f"Adaptive text retrieval (%), {ctx['label']}",
+                [f"{split_names}; shortlist K documents by {method} search on the first D_s coordinates, rerank them "
+                 f"on D_r, keep the top {depth}.",
+                 f"kept: {headline} / exact search's at the full width {width}; size_fraction: D_s / {width}; mflops: "
+                 "the paper's cost model per query, (N*D_s + K*D_r)/1e6 (exact: N*d/1e6); cost_fraction: mflops / "
+                 "exact's.",
+                 f"us_per_query: measured wall-clock per query on this machine (best of {repeats}; query "
+                 "normalisation, shortlist search and rerank; the shortlist index is built beforehand); speedup: "
+                 "exact / this."])
+    _plot_adaptive_retrieval(rows, headline, out / "text_retrieval_adaptive.png",
+                             f"Adaptive text retrieval, {ctx['label']}")
+    return rows
+
+
 class Evaluator(NamedTuple):
     """One evaluator: ``plan(ctx, cfg)`` checks its settings before anything is written, ``run(ctx, plan, out)``
     writes its tables. ``needs``: what it reads beyond the test split's embeddings and labels: ``train`` (the
     train split, the retrieval database), ``head`` (the checkpoint's classifiers), ``logits`` (the per-size
-    logits stored with the embeddings, which a model without a classifier does not write)."""
+    logits stored with the embeddings, which a model without a classifier does not write). ``splits(cfg)``: the
+    split folders an evaluator reads instead of ``test/`` (unlabelled evaluation sets), loaded into
+    ``ctx["splits"]``; None: it reads ``test/``, which must then be labelled."""
 
     plan: Callable[[dict, dict], dict[str, Any]]
     run: Callable[[dict, dict, Path], list[dict]]
     needs: frozenset[str]
+    splits: Callable[[dict], list[str]] | None = None
 
 
 REGISTRY: dict[str, Evaluator] = {
@@ -614,6 +817,9 @@ REGISTRY: dict[str, Evaluator] = {
     "adaptive_retrieval": Evaluator(_plan_adaptive_retrieval, _run_adaptive_retrieval, frozenset({"train"})),
     "baselines": Evaluator(_plan_baselines, _run_baselines, frozenset({"train", "head"})),
     "robustness": Evaluator(_plan_robustness, _run_robustness, frozenset({"head"})),
+    "sts": Evaluator(_plan_sts, _run_sts, frozenset(), lambda cfg: [_split_name(cfg["sts"]["split"], "sts.split")]),
+    "text_retrieval": Evaluator(_plan_text_retrieval, _run_text_retrieval, frozenset(),
+                                lambda cfg: [_split_name(cfg["text_retrieval"]["queries"], "text_retrieval.queries")]),
 }
 
 
@@ -669,16 +875,25 @@ def evaluate(cfg: Mapping[str, Any] | None = None, command: str | None = None,
     if out.exists() and not out.is_dir():
         raise ConfigError("output_dir", f"{out} is a file", "give a folder for the tables")
     evaluators = cfg["evaluators"]
-    test = load_split(emb_dir / "test")
+    own = {name: REGISTRY[name].splits(cfg) for name in evaluators if REGISTRY[name].splits is not None}
+    splits = {name: load_split(emb_dir / name) for names in own.values() for name in names}
+    on_test = [name for name in evaluators if name not in own]
+    test = (splits.get("test") or load_split(emb_dir / "test")) if on_test else None
+    if test is not None and test.labels is None:
+        raise ConfigError("evaluators", f"{on_test} read labels, but {emb_dir}/test has none (an unlabelled "
+                          "evaluation set)", "evaluate it with sts or text_retrieval, or embed a labelled test split")
+    reference = test if test is not None else next(iter(splits.values()))
+    for split in splits.values():
+        _same_model(split, reference, "embeddings_dir")
     train = load_split(emb_dir / "train") if _needing("train", evaluators) else None
     if train is not None and (train.meta.get("checkpoint") != test.meta.get("checkpoint")
                               or train.width != test.width):
         raise ConfigError("embeddings_dir", f"train/ and test/ under {emb_dir} come from different checkpoints",
                           "embed both splits with one scripts/embed.py run")
     head = None
-    head_type, nesting_dims = test.meta["head"], list(test.meta["nesting_dims"])
-    ckpt_path = cfg["ckpt_path"] or test.meta.get("checkpoint")
-    if test.logits is None and _needing("logits", evaluators):
+    head_type, nesting_dims = reference.meta["head"], list(reference.meta["nesting_dims"])
+    ckpt_path = cfg["ckpt_path"] or reference.meta.get("checkpoint")
+    if _needing("logits", evaluators) and test.logits is None:
         raise ConfigError("evaluators", f"{_needing('logits', evaluators)} read the per-size logits, but "
                           f"{emb_dir}/test has none (a model without a classifier)", "drop them from evaluators")
     if _needing("head", evaluators) or cfg["ckpt_path"]:
@@ -687,25 +902,27 @@ def evaluate(cfg: Mapping[str, Any] | None = None, command: str | None = None,
                               "give ckpt_path=/path/to/checkpoint.ckpt")
         head = load_head(ckpt_path, cfg["head"])
         if head.head_type != head_type or head.nesting_dims != nesting_dims \
-                or head.meta.get("num_classes") != test.meta["num_classes"]:
+                or head.meta.get("num_classes") != reference.meta["num_classes"]:
             raise ConfigError("ckpt_path", f"{ckpt_path} (head {head.head_type}, sizes {head.nesting_dims}, "
                               f"{head.meta.get('num_classes')} classes) is not the checkpoint the embeddings were made "
-                              f"with (head {head_type}, sizes {nesting_dims}, {test.meta['num_classes']} classes)",
+                              f"with (head {head_type}, sizes {nesting_dims}, {reference.meta['num_classes']} classes)",
                               "give the checkpoint passed to scripts/embed.py, or re-embed")
     else:
-        check_head_type(cfg["head"], head_type, f"{emb_dir}/test (embeddings)")
-    dims = resolve_dims(cfg["dims"], head_type, nesting_dims, test.width)
+        check_head_type(cfg["head"], head_type, f"{reference.path} (embeddings)")
+    dims = resolve_dims(cfg["dims"], head_type, nesting_dims, reference.width)
     if head is not None and {"classification", "robustness"} & set(evaluators):
         for d in dims:
             classifier_at(head, d)
     model = model_label(head_type, nesting_dims)
-    ctx = {"train": train, "test": test, "head": head, "head_type": head_type, "nesting_dims": nesting_dims,
-           "dims": dims, "num_classes": _num_classes(test, train), "label": f"{model}, {_run_name(ckpt_path, emb_dir)}"}
+    ctx = {"train": train, "test": test, "splits": splits, "emb_dir": emb_dir, "head": head, "head_type": head_type,
+           "nesting_dims": nesting_dims, "dims": dims,
+           "num_classes": _num_classes(test, train) if test is not None else reference.meta["num_classes"],
+           "label": f"{model}, {_run_name(ckpt_path, emb_dir)}"}
     plans = {name: REGISTRY[name].plan(ctx, cfg) for name in evaluators}
 
     out.mkdir(parents=True, exist_ok=True)
     resolved = {"resolved": {"ckpt_path": str(ckpt_path) if ckpt_path else None, "head": head_type,
-                             "nesting_dims": nesting_dims, "width": test.width, "dims": dims}}
+                             "nesting_dims": nesting_dims, "width": reference.width, "dims": dims}}
     atomic_write_text(out / "eval_config.yaml", OmegaConf.to_yaml(OmegaConf.create({**cfg, **resolved})))
     atomic_write_text(out / "command.txt", (command or "mrl.evaluation.run.evaluate() (called from Python)") + "\n")
     tables = {}
@@ -723,7 +940,9 @@ def evaluate(cfg: Mapping[str, Any] | None = None, command: str | None = None,
 # summary fields eval/<evaluator>/<metric>@<size> of the training run
 WANDB_TABLES = {"classification": ("dim", ("top1", "top5", "knn_top1")),
                 "retrieval": ("dim", ("map@10", "precision@10", "recall@10", "top1")),
-                "adaptive_classification": ("cap", ("accuracy", "expected_dim", "fixed_accuracy"))}
+                "adaptive_classification": ("cap", ("accuracy", "expected_dim", "fixed_accuracy")),
+                "sts": ("dim", ("spearman", "kept")),
+                "text_retrieval": ("dim", ("ndcg@10", "recall@100", "mrr@10", "kept"))}
 
 
 def _log_to_training_run(tables: Mapping[str, list[dict]], ckpt_path: Path, mode: str) -> None:
