@@ -304,3 +304,43 @@ def test_embed_and_evaluate_sts_and_beir_with_minilm(tmp_path):
         evaluate(embeddings_dir=emb, output_dir=tmp_path / "bad", evaluators=["sts"], sts={"split": "queries"},
                  wandb="disabled")
     assert not (tmp_path / "bad").exists()
+
+
+def test_layer_embeddings_and_pairs_are_stored_and_evaluated_per_layer(tmp_path):
+    """A 2D Matryoshka model's predict gives layer_embeddings [L, B, width]: the writer stores them beside the
+    embeddings with the pairs and scores, load_split checks them, and the sts evaluator scores every (layer, size)."""
+    import torch
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from mrl.embeddings import embed_split, load_split
+    from mrl.evaluation.run import evaluate
+    from mrl.lightning import MatryoshkaModule
+
+    torch.manual_seed(0)
+    module = MatryoshkaModule(backbone={"name": "mlp", "in_chans": 1, "image_size": 4, "width": 16}, num_classes=3,
+                              head="mrl", class_names=["a", "b", "c"], nesting_dims=[4, 8, 16]).eval()
+    task_meta, second_layer = module.task.metadata, torch.randn(16, 16)
+    module.task.metadata = lambda: {**task_meta(), "layers": [1, 2]}
+    module.task.predict = lambda z, batch: {"embeddings": z, "labels": batch["label"], "logits": module.task.head(z),
+                                            "layer_embeddings": torch.stack([z @ second_layer, z])}
+    x = torch.randn(30, 1, 4, 4)
+    rng = np.random.default_rng(0)
+    pairs, scores = rng.integers(0, 30, (40, 2)), rng.uniform(0, 5, 40)
+    path = embed_split(module, DataLoader(TensorDataset(x, torch.zeros(30, dtype=torch.int64)), batch_size=8),
+                       tmp_path / "emb", "test", dtype="float32", labelled=False,
+                       relations={"pairs": pairs, "scores": scores})
+    split = load_split(path)
+    assert split.layers == [1, 2] and split.layer_embeddings.shape == (2, 30, 16) and split.labels is None
+    with torch.no_grad():
+        z = module.embed(x).numpy()
+    np.testing.assert_allclose(split.layer_embeddings[1], z, rtol=1e-5, atol=1e-6)  # batched vs whole matmul
+    tables = evaluate(embeddings_dir=tmp_path / "emb", output_dir=tmp_path / "eval", evaluators=["sts"],
+                      wandb="disabled")
+    by_layer = json.loads((tmp_path / "eval" / "sts_layers.json").read_text())["rows"]
+    assert [(r["layer"], r["dim"]) for r in by_layer] == [(layer, m) for layer in (1, 2) for m in (4, 8, 16)]
+    want = spearman_by_size(z[pairs[:, 0]], z[pairs[:, 1]], scores, [4, 8, 16])
+    assert [r["spearman"] for r in tables["sts"]] == pytest.approx(100 * want)
+    assert [r["spearman"] for r in by_layer[3:]] == pytest.approx(100 * want) and by_layer[-1]["kept"] == 1.0
+    np.save(path / "pairs.npy", np.array([[0, 30]]))
+    with pytest.raises(ConfigError, match="1 pairs .* for 40 scores and 30 sentences"):
+        load_split(path)
