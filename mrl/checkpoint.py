@@ -132,9 +132,22 @@ def load_model(path: str | Path, expected_head: str | None = None, field: str = 
         module, meta = mrl.load_model("runs/x/checkpoints/last.ckpt")
         z = module.embed({"image": images})        # [B, width]; z[:, :m] is the size-m embedding
         logits = module.task.head(z)               # [G, B, C] (classification)
+
+    A directory written by ``scripts/export.py`` (a sentence-transformers model with ``matryoshka.json``) loads
+    too, through :func:`mrl.export.load_exported`: ``module`` is then an :class:`mrl.export.ExportedModel`
+    (``module.encoder``, ``module.embed(batch)``, no task head) and ``meta`` the manifest: the source checkpoint's
+    metadata keys and values, plus ``quality``, ``full_dim``, ``truncate_then_normalize``, ``pooling``, ...
+
+        module, meta = mrl.load_model("exported/")
+        z = module.embed(module.encoder.tokenize(texts))   # [B, width]
     """
+    from mrl.export import is_exported_model, load_exported
     from mrl.lightning import MatryoshkaModule
 
+    if is_exported_model(path):
+        loaded = load_exported(path, field)
+        check_head_type(expected_head, loaded.meta["head"], str(Path(path).expanduser()))
+        return loaded
     ckpt, meta = read_checkpoint(path, field)
     check_head_type(expected_head, meta["head"], str(Path(path).expanduser()))
     hparams = dict(ckpt["hyper_parameters"])
