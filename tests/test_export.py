@@ -36,6 +36,14 @@ def _fit_and_save(module: MatryoshkaModule, loader: DataLoader, path) -> None:
     trainer.save_checkpoint(path)
 
 
+def _text_loader(module: MatryoshkaModule) -> DataLoader:
+    texts, labels = zip(*TRAIN)
+    tokens = module.encoder.tokenize(texts)
+    return DataLoader(TensorDataset(tokens["input_ids"], tokens["attention_mask"], torch.tensor(labels)),
+                      batch_size=6, collate_fn=lambda rows: dict(zip(("input_ids", "attention_mask", "label"),
+                                                                     map(torch.stack, zip(*rows)))))
+
+
 @pytest.fixture(scope="module")
 def text_run(tmp_path_factory):
     """``(run dir, checkpoint)``: MiniLM with an MRL head on 3 classes, one AdamW step, saved as a run of
@@ -43,14 +51,9 @@ def text_run(tmp_path_factory):
     torch.manual_seed(0)
     module = MatryoshkaModule(backbone={"name": "hf/minilm", "max_length": 16}, nesting_dims=DIMS, num_classes=3,
                               head="mrl", optimizer={"name": "adamw", "lr": 1e-3})
-    texts, labels = zip(*TRAIN)
-    tokens = module.encoder.tokenize(texts)
-    loader = DataLoader(TensorDataset(tokens["input_ids"], tokens["attention_mask"], torch.tensor(labels)),
-                        batch_size=6, collate_fn=lambda rows: dict(zip(("input_ids", "attention_mask", "label"),
-                                                                       map(torch.stack, zip(*rows)))))
     run = tmp_path_factory.mktemp("run")
     ckpt = run / "checkpoints" / "last.ckpt"
-    _fit_and_save(module, loader, ckpt)
+    _fit_and_save(module, _text_loader(module), ckpt)
     table = {"title": "test accuracy by representation size", "rows": [{"dim": m, "top1": 50.0 + i}
                                                                         for i, m in enumerate(DIMS)]}
     (run / "metrics_by_dim.json").write_text(json.dumps(table))
@@ -84,6 +87,21 @@ def test_sentence_transformers_gives_our_embeddings_at_every_size(text_run, expo
         torch.testing.assert_close(st.encode(TEXTS, convert_to_tensor=True, normalize_embeddings=True), unit,
                                    rtol=0, atol=1e-5)
     assert st.max_seq_length == 16 and [type(x).__name__ for x in st] == ["Transformer", "Pooling"]
+
+
+def test_cls_pooling_round_trips(tmp_path):
+    from sentence_transformers import SentenceTransformer
+
+    module = MatryoshkaModule(backbone={"name": "hf/minilm", "max_length": 12, "pooling": "cls"},
+                              nesting_dims=[24, 384], num_classes=3, head="mrle",
+                              optimizer={"name": "adamw", "lr": 1e-3})
+    _fit_and_save(module, _text_loader(module), tmp_path / "cls.ckpt")
+    out = export_sentence_transformer(tmp_path / "cls.ckpt", tmp_path / "cls")
+    ours = _ours(tmp_path / "cls.ckpt", TEXTS)
+    st = SentenceTransformer(str(out), device="cpu", truncate_dim=24)
+    torch.testing.assert_close(st.encode(TEXTS, convert_to_tensor=True), ours[:, :24], rtol=0, atol=1e-5)
+    manifest = json.loads((out / MANIFEST_NAME).read_text())
+    assert (manifest["pooling"], manifest["head"], manifest["max_length"]) == ("cls", "mrle", 12)
 
 
 def test_the_export_is_the_trained_model_not_the_pretrained_one(text_run):
@@ -179,3 +197,14 @@ def test_script_errors_are_one_line_exit_2(tmp_path):
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.strip().splitlines() == [f"error: ckpt_path: {tmp_path / 'missing.ckpt'} does not exist; "
                                                 "give the .ckpt written by scripts/train.py"]
+
+
+def test_script_exports_with_given_tables(text_run, tmp_path):
+    run, ckpt = text_run
+    tables = f"[{run / 'metrics_by_dim.json'},{run / 'eval' / 'sts.json'}]"
+    proc = subprocess.run([sys.executable, "scripts/export.py", f"ckpt_path={ckpt}", f"output_dir={tmp_path / 'out'}",
+                           f"quality={tables}"], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    manifest = json.loads((tmp_path / "out" / MANIFEST_NAME).read_text())
+    assert sorted(manifest["quality"]) == ["metrics_by_dim", "sts"] and "quality=" in manifest["quality_note"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no Hydra folders: the export alone
