@@ -47,8 +47,9 @@ MANIFEST_FORMAT = "mrl.matryoshka/1"
 TRUNCATION = ("The size-m embedding is the first m coordinates of the full embedding, L2-normalised after "
               "truncation (truncate, then normalise): SentenceTransformer(path, truncate_dim=m).encode(texts, "
               "normalize_embeddings=True), or cosine similarity on the truncated vectors. The pipeline has no "
-              "Normalize module, because sentence-transformers truncates after all modules and normalising the "
-              "full vector first would change every size below the full one.")
+              "Normalize module, because sentence-transformers truncates after all modules: normalising the full "
+              "vector first would leave every shorter embedding with a norm below 1, so that its dot products "
+              "are not its cosines.")
 POOLING_FLAGS = {"mean": "pooling_mode_mean_tokens", "cls": "pooling_mode_cls_token"}
 
 
