@@ -7,7 +7,11 @@ bdb86df (before batches became dicts, encoders a factory and the loss a wrapper)
                print(json.dumps(reference_runs('/tmp/mrl_before', '/tmp/regression'), indent=1))"
 
 Compared: test top-1/top-5 per size and the checksum of the trained weights (sum of |w| over the last
-checkpoint's tensors), which any change to data order, augmentation, initialisation or the loss would move."""
+checkpoint's tensors), which any change to data order, augmentation, initialisation or the loss would move.
+
+The runs pin the CPU kernels (:data:`PORTABLE_KERNELS`): by default ATen, MKL and oneDNN pick code paths by the
+CPU's instruction set and thread count, and the same training on an AVX-512 and an AVX2 machine then drifts by
+about 1e-4 in the checksum."""
 
 from __future__ import annotations
 
@@ -23,6 +27,9 @@ import torch
 from conftest import CIFAR10_TAR, PROJECT_ROOT
 
 STORED = Path(__file__).parent / "data" / "image_regression.json"
+#: the same arithmetic on any x86-64 CPU: scalar ATen kernels, MKL's reproducible mode, oneDNN at SSE4.1, 1 thread
+PORTABLE_KERNELS = {"ATEN_CPU_CAPABILITY": "default", "MKL_CBWR": "COMPATIBLE", "ONEDNN_MAX_CPU_ISA": "SSE41",
+                    "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 RUNS = {
     "digits_default": [],
     "cifar10_short": ["+experiment=cifar10_resnet18", f"data.root={CIFAR10_TAR}", "data.verify_images=false",
@@ -35,7 +42,7 @@ RUNS = {
 def reference_runs(project_root: str | Path, out_dir: str | Path) -> dict[str, dict]:
     """Each run of :data:`RUNS` through ``scripts/train.py`` of the checkout at ``project_root``: test top-1 and
     top-5 by size, and the weight checksum of its last checkpoint."""
-    env = {**os.environ, "WANDB_MODE": "offline", "HF_HUB_OFFLINE": "1"}
+    env = {**os.environ, "WANDB_MODE": "offline", "HF_HUB_OFFLINE": "1", **PORTABLE_KERNELS}
     results = {}
     for name, overrides in RUNS.items():
         run = Path(out_dir) / name
