@@ -32,7 +32,7 @@ class MetricsByDimReport(L.Callback):
     and log it to W&B as a table. ``protocol`` (which split validated, which checkpoint was tested)
     goes into the JSON beside the numbers."""
 
-    def __init__(self, output_dir: str | Path, title: str = "test accuracy by representation size",
+    def __init__(self, output_dir: str | Path, title: str = "test metrics by representation size",
                  protocol: dict | None = None):
         self.output_dir = Path(output_dir)
         self.title = title

@@ -179,6 +179,21 @@ def test_bad_settings_are_one_line_errors(kwargs, field):
     assert "\n" not in str(err.value)
 
 
+@pytest.mark.parametrize("loss", ["mnrl", "cosent"])
+def test_a_batch_of_one_is_refused_before_any_data_is_read(tmp_path, loss):
+    from conftest import compose
+
+    from mrl.app.train import train
+
+    cfg = compose(["+experiment=nli_minilm_matryoshka", f"model.loss={loss}", "data.batch_size=1",
+                   "data.train.root=/nonexistent"], tmp_path / "run")
+    with pytest.raises(ConfigError, match=r"^data\.batch_size: is 1, but a contrastive task needs at least 2 items "
+                                          r"per batch: .*; set data\.batch_size to 2 or more") as err:
+        train(cfg)
+    assert "\n" not in str(err.value)
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
 def test_layers_need_a_layered_encoder_and_valid_layer_numbers():
     from mrl.encoders import create_encoder
 

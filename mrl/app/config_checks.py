@@ -387,6 +387,7 @@ def check_train_config(cfg: DictConfig | Mapping) -> None:
         check_number(field, get(field), allowed, fix, specials=specials)
 
     _check_registered_names(get)
+    _check_task(get)
     tags = get("tags")
     if tags is not ABSENT and not isinstance(tags, list):
         raise ConfigError("tags", f"must be a list, got {_show(tags)}", "write tags=[name] or tags=[name1,name2]")
@@ -473,6 +474,15 @@ def _check_registered_names(get) -> None:
                                ("model.optimizer.name", "optimizer", list(OPTIMIZERS)),
                                ("model.scheduler.name", "schedule", list(SCHEDULERS))):
         check_choice(field, get(field), tuple(names), f"choose one of {names}", what=what)
+
+
+def _check_task(get) -> None:
+    """The chosen task's checks of the rest of the config (:meth:`mrl.tasks.Task.check_config`)."""
+    from mrl.tasks import TASKS
+
+    task = get("model.task")
+    if task is not ABSENT:
+        TASKS[task].check_config(lambda key: None if (value := get(key)) is ABSENT else value)
 
 
 def _check_model(get) -> None:

@@ -60,6 +60,12 @@ class Task(nn.Module):
         DataModule; the training app adds them to the config's."""
         return {}
 
+    @classmethod
+    def check_config(cls, get: Callable[[str], Any]) -> None:
+        """Refuse, with a one-line :class:`ConfigError`, settings elsewhere in the config that cannot work with this
+        task (e.g. a data setting), before any data is read; ``get(key)`` is the value at a dotted key or
+        ``None`` when it is absent. The task's own arguments are checked when it is built."""
+
     #: the optimiser step, set by the module before each training loss: per-step random draws (sizes, layers)
     #: seeded by it are the same on every rank and after a resume
     step: int = 0

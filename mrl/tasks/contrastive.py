@@ -66,6 +66,16 @@ class ContrastiveTask(Task):
 
     name = "contrastive"
 
+    @classmethod
+    def check_config(cls, get) -> None:
+        batch_size = get("data.batch_size")
+        if isinstance(batch_size, int) and batch_size < 2:  # bool and negatives are refused by the generic checks
+            loss = get("model.loss") or "mnrl"
+            why = ("each anchor is scored against the other items of its batch as negatives" if loss == "mnrl"
+                   else "CoSENT ranks the pairs of a batch against each other")
+            raise ConfigError("data.batch_size", f"is {batch_size}, but a contrastive task needs at least 2 items "
+                              f"per batch: {why}", "set data.batch_size to 2 or more (32 to 512 is usual)")
+
     def __init__(self, nesting_dims: Sequence[int], loss_weights: Sequence[float], width: int, loss: str = "mnrl",
                  scale: float = 20.0, gather: bool = True, head: str = "mrl", sizes_per_step: int | None = None,
                  layers: str | Sequence[int] | None = None, layers_per_step: int = 1, prior_layers_weight: float = 1.0,
