@@ -152,6 +152,10 @@ def load_model(path: str | Path, expected_head: str | None = None, field: str = 
     check_head_type(expected_head, meta["head"], str(Path(path).expanduser()))
     hparams = dict(ckpt["hyper_parameters"])
     hparams["backbone"] = {**hparams["backbone"], "pretrained": False, "pretrained_path": None}
+    if hparams["backbone"].get("name") == "dual":  # a dual encoder's towers: their weights are in the checkpoint too
+        backbone = {k: v for k, v in hparams["backbone"].items() if k not in ("pretrained", "pretrained_path")}
+        hparams["backbone"] = {**backbone, **{tower: {**backbone[tower], "pretrained": False, "pretrained_path": None}
+                                              for tower in ("image", "text")}}
     hparams["compile"] = False  # a loaded model is for inference; compile it again where that pays
     module = MatryoshkaModule(**hparams)
     module.load_state_dict(ckpt["state_dict"])

@@ -61,6 +61,8 @@ def build_module(model_cfg: dict, datamodule) -> MatryoshkaModule:
         raise ConfigError("model.backbone.name", f"is the image encoder {backbone.get('name')!r} but the data is text",
                           "choose a text encoder (model=minilm, or model.backbone.name=hf/<model>)")
     else:
+        if backbone.get("name") == "dual":  # an image-text model: the text tower reads the data's token ids
+            check_tokenizer_matches(dict(backbone.get("text") or {}), datamodule)
         backbone = {"in_chans": datamodule.in_chans, "image_size": datamodule.image_size, **backbone}
     task = cfg.setdefault("task", "classification")
     if task not in TASKS:

@@ -3,7 +3,9 @@
 * ``hf/<name or local dir>``: a Hugging Face text encoder with pooling (:class:`~mrl.encoders.text.TextEncoder`;
   ``hf/minilm`` is the all-MiniLM-L6-v2 copy that loads offline);
 * ``torchvision/<resnet>``, any timm name, and the local ``mlp``/``convnet``: image backbones
-  (:mod:`mrl.encoders.image`).
+  (:mod:`mrl.encoders.image`);
+* ``dual``: an image tower and a text tower projected to one shared width (:class:`~mrl.encoders.dual.DualEncoder`,
+  image-text models).
 
 Every encoder takes a batch dict (``{"image": [B, C, H, W]}``, ``{"input_ids", "attention_mask"}``; other keys
 such as ``label`` are ignored), has ``width``, and returns ``[B, width]``.
@@ -31,6 +33,10 @@ def create_encoder(name: str, **kwargs: Any) -> nn.Module:
     ``image_size`` ... for images)."""
     from mrl.errors import ConfigError
 
+    if name == "dual":
+        from mrl.encoders.dual import create_dual_encoder
+
+        return create_dual_encoder(**kwargs)
     if is_text_encoder(name):
         from mrl.encoders.text import TextEncoder
 

@@ -95,3 +95,29 @@ class CoSENT(nn.Module):
         terms = diff[ordered]
         # log(1 + sum exp(t)) = logsumexp([0, t...]), stable for large t
         return torch.logsumexp(torch.cat([terms.new_zeros(1), terms]), dim=0)
+
+
+class SymmetricInfoNCE(nn.Module):
+    """CLIP/ALIGN's symmetric InfoNCE on one prefix size: the mean of image->text and text->image
+    cross-entropies of the scaled cosine similarities.
+
+    ``image_rows [b, m]`` and ``text_rows [b, m]``: the rows whose loss is taken (this rank's, with open_clip's
+    ``local_loss``; else the whole gathered batch); ``text_cols [C, m]`` and ``image_cols [C, m]``: the candidates
+    (the gathered batch); ``targets [b]``: the column of each row's own pair; ``scale``: the logit scale
+    (``1 / temperature``, a tensor when learnt). Each input is L2-normalised here, after the caller sliced the
+    prefix; the softmax is in float32 under mixed precision. Returns the mean over rows of
+    ``(CE(image->text) + CE(text->image)) / 2``.
+    """
+
+    def forward(self, image_rows: torch.Tensor, text_cols: torch.Tensor, text_rows: torch.Tensor,
+                image_cols: torch.Tensor, targets: torch.Tensor, scale: torch.Tensor | float) -> torch.Tensor:
+        i2t, t2i = self.logits(image_rows, text_cols, text_rows, image_cols, scale)
+        return (F.cross_entropy(i2t, targets) + F.cross_entropy(t2i, targets)) / 2
+
+    @staticmethod
+    def logits(image_rows, text_cols, text_rows, image_cols, scale) -> tuple[torch.Tensor, torch.Tensor]:
+        """``([b, C], [b, C])``: scaled cosines image->text and text->image, float32."""
+        def unit(x: torch.Tensor) -> torch.Tensor:
+            return F.normalize(x.float(), dim=-1)
+
+        return scale * unit(image_rows) @ unit(text_cols).T, scale * unit(text_rows) @ unit(image_cols).T

@@ -4,5 +4,6 @@ LightningModule. ``classification`` today; contrastive, masked-LM and image-text
 from mrl.tasks.base import TASKS, Task, create_task, register_task
 from mrl.tasks.classification import ClassificationTask
 from mrl.tasks.contrastive import ContrastiveTask
+from mrl.tasks.dual_encoder import DualEncoderTask
 
-__all__ = ["TASKS", "ClassificationTask", "ContrastiveTask", "Task", "create_task", "register_task"]
+__all__ = ["TASKS", "ClassificationTask", "ContrastiveTask", "DualEncoderTask", "Task", "create_task", "register_task"]
