@@ -7,6 +7,9 @@ Layout of ``<root>/<split>/`` (every evaluator reads these, so a large database 
                                          unlabelled data (meta ``labelled: false``: STS sentences, corpora, queries)
     logits.npy            [G, N, C]      logits at each trained nesting size (a model with a classifier only)
     layer_embeddings.npy  [L, N, width]  pooled outputs of the layers in meta ``layers`` (2D Matryoshka models only)
+    text_embeddings.npy   [N, width]     the captions' embeddings, row i the caption of image i (image-text models)
+    image_ids.npy, caption_ids.npy [N]   image-text data: int64 ids, equal for rows of one image file / caption text
+    class_prompt_embeddings.npy [T, C, width]  float32: template t filled with class c, by the text tower (zero-shot)
     pairs.npy, scores.npy [P, 2], [P]    STS: int64 row indices of each sentence pair, and its gold score (float64)
     qrels.npy             [R, 3]         a queries split: int64 (query row, document row in the split meta
                                          ``corpus_split`` names, gain)
@@ -71,7 +74,9 @@ def read_meta(path: str | Path) -> dict[str, Any]:
 DTYPES = {"float16": np.float16, "float32": np.float32}
 FILES = ("embeddings.npy", "meta.json")  # labels.npy too for labelled data, logits.npy for a model with a classifier
 # Arrays an evaluation set stores beside its embeddings (mrl.data.text_eval): name -> (ndim, columns, kind)
-RELATIONS = {"pairs": (2, 2, "i"), "scores": (1, None, "f"), "qrels": (2, 3, "i")}
+RELATIONS = {"pairs": (2, 2, "i"), "scores": (1, None, "f"), "qrels": (2, 3, "i"), "image_ids": (1, None, "i"),
+             "caption_ids": (1, None, "i"), "class_prompt_embeddings": (3, None, "f")}
+RELATION_FLOAT32 = ("class_prompt_embeddings",)  # stored as float32 (the others' floats as float64)
 
 
 @dataclass
@@ -84,6 +89,7 @@ class EmbeddingSplit:
     meta: dict[str, Any]
     path: Path
     layer_embeddings: np.ndarray | None = None  # [L, N, width] of the layers meta["layers"]; 2D models only
+    text_embeddings: np.ndarray | None = None  # [N, width]: row i's caption (image-text models)
     relations: dict[str, np.ndarray] = field(default_factory=dict)  # pairs [P, 2] + scores [P], or qrels [R, 3]
 
     @property
@@ -107,7 +113,7 @@ def _check_dtype(dtype: str) -> np.dtype:
 
 # Row-aligned arrays of a split: name -> (the axis of the rows, the key of predict_step's outputs)
 ROW_ARRAYS = {"embeddings": (0, "embeddings"), "labels": (0, "labels"), "logits": (1, "logits"),
-              "layer_embeddings": (1, "layer_embeddings")}
+              "layer_embeddings": (1, "layer_embeddings"), "text_embeddings": (0, "text_embeddings")}
 
 
 @dataclass(frozen=True)
@@ -120,11 +126,13 @@ class ArrayLayout:
     num_classes: int | None
     num_layers: int = 0
     labelled: bool = True
+    text: bool = False  # text_embeddings [n, width] too (an image-text model)
 
     @classmethod
     def of(cls, module, labelled: bool = True) -> ArrayLayout:
         layers = module.task.metadata().get("layers") or []
-        return cls(module.width, len(module.nesting_dims), module.task.num_logits, len(layers), labelled)
+        text = "text_embeddings" in getattr(module.task, "row_arrays", ())
+        return cls(module.width, len(module.nesting_dims), module.task.num_logits, len(layers), labelled, text)
 
 
 def _open_arrays(folder: Path, n: int, layout: ArrayLayout, np_dtype, mode: str = "w+") -> dict[str, np.ndarray]:
@@ -138,6 +146,8 @@ def _open_arrays(folder: Path, n: int, layout: ArrayLayout, np_dtype, mode: str 
         shapes["logits"] = ((layout.num_sizes, n, layout.num_classes), np_dtype)
     if layout.num_layers:
         shapes["layer_embeddings"] = ((layout.num_layers, n, layout.width), np_dtype)
+    if layout.text:
+        shapes["text_embeddings"] = ((n, layout.width), np_dtype)
     return {name: np.lib.format.open_memmap(folder / f"{name}.npy", mode=mode, dtype=dtype, shape=shape)
             for name, (shape, dtype) in shapes.items()}
 
@@ -162,7 +172,13 @@ def _write_relations(folder: Path, relations: Mapping[str, np.ndarray] | None) -
         if name not in RELATIONS:
             raise ValueError(f"unknown relation array {name!r}; known: {sorted(RELATIONS)}")
         np.save(folder / f"{name}.npy", np.asarray(values, dtype=np.int64 if RELATIONS[name][2] == "i"
-                                                       else np.float64))
+                                                       else np.float32 if name in RELATION_FLOAT32 else np.float64))
+
+
+def task_arrays(module) -> dict[str, np.ndarray]:
+    """Arrays a task stores once per split beside the rows (an image-text model's class prompt embeddings)."""
+    split_arrays = getattr(module.task, "split_arrays", None)
+    return split_arrays(module.encoder) if split_arrays is not None else {}
 
 
 def _split_meta(module, split: str, n: int, dtype: str, meta: dict[str, Any] | None,
@@ -218,7 +234,7 @@ def embed_split(module: torch.nn.Module, loader: DataLoader, root: str | Path, s
         for array in arrays.values():
             array.flush()
         del arrays
-        _write_relations(tmp, relations)
+        _write_relations(tmp, {**(relations or {}), **task_arrays(module)})
         return _publish(tmp, root / split, _split_meta(module, split, n, dtype, meta, labelled))
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -303,7 +319,7 @@ class EmbeddingWriter(L.Callback):
         if trainer.is_global_zero:
             if self._shard(0) != self.tmp:
                 self._gather()
-            _write_relations(self.tmp, self.relations)
+            _write_relations(self.tmp, {**(self.relations or {}), **task_arrays(pl_module)})
             _publish(self.tmp, self.root / self.split, _split_meta(pl_module, self.split, self.num_samples,
                                                                   self.dtype, self.meta, self.labelled))
         trainer.strategy.barrier("embedding published")
@@ -361,7 +377,7 @@ def load_split(path: str | Path, mmap: bool = True) -> EmbeddingSplit:
 
     emb = np.load(path / "embeddings.npy", mmap_mode=mode)
     labels = optional("labels") if labelled else None
-    logits, layer_emb = optional("logits"), optional("layer_embeddings")
+    logits, layer_emb, text_emb = optional("logits"), optional("layer_embeddings"), optional("text_embeddings")
     if emb.ndim != 2 or (labels is not None and labels.ndim != 1) or (logits is not None and logits.ndim != 3):
         shapes = ", ".join(str(a.shape) for a in (emb, labels, logits) if a is not None)
         raise ConfigError("embeddings", f"{path}: arrays have shapes {shapes}",
@@ -381,9 +397,12 @@ def load_split(path: str | Path, mmap: bool = True) -> EmbeddingSplit:
                                   or not isinstance(layers, list) or len(layers) != len(layer_emb)):
         raise ConfigError("embeddings", f"{path}/layer_embeddings.npy has shape {layer_emb.shape} but the embeddings "
                           f"are {emb.shape} and meta.json names layers {layers!r}", REEMBED)
+    if text_emb is not None and text_emb.shape != emb.shape:
+        raise ConfigError("embeddings", f"{path}/text_embeddings.npy has shape {text_emb.shape} but the embeddings are "
+                          f"{emb.shape}", REEMBED)
     relations = {name: array for name in RELATIONS if (array := optional(name)) is not None}
     _check_relations(path, relations, len(emb))
-    return EmbeddingSplit(emb, labels, logits, meta, path, layer_emb, relations)
+    return EmbeddingSplit(emb, labels, logits, meta, path, layer_emb, relations=relations, text_embeddings=text_emb)
 
 
 def _check_relations(path: Path, relations: dict[str, np.ndarray], n: int) -> None:
@@ -399,6 +418,10 @@ def _check_relations(path: Path, relations: dict[str, np.ndarray], n: int) -> No
         if len(pairs) != len(scores) or (pairs.size and (pairs.min() < 0 or pairs.max() >= n)):
             raise ConfigError("embeddings", f"{path}: {len(pairs)} pairs (rows {pairs.min(initial=0)}.."
                               f"{pairs.max(initial=0)}) for {len(scores)} scores and {n} sentences", REEMBED)
+    for name in ("image_ids", "caption_ids"):
+        if name in relations and len(relations[name]) != n:
+            raise ConfigError("embeddings", f"{path}/{name}.npy has {len(relations[name])} rows for {n} embeddings",
+                              REEMBED)
     if "qrels" in relations:
         queries = relations["qrels"][:, 0]
         if queries.size and (queries.min() < 0 or queries.max() >= n):

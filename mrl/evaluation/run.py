@@ -25,8 +25,14 @@ Evaluators (``evaluators``):
   rerank on ``D_r``) with the cost model and wall-clock next to exact full-width search
   (``text_retrieval_adaptive``).
 
-``sts`` and ``text_retrieval`` read their own splits (unlabelled, no ``test/`` needed); their tables give, for each
-size, ``kept`` (the score over the full-width score) and ``size_fraction`` (the size over the full width).
+* ``zero_shot``: an image-text model's zero-shot top-1/top-5 (%) at each size on ``zero_shot.split``: images against
+  the class prompts stored with them (per size: prefixes normalised, averaged over templates, renormalised).
+* ``cross_modal_retrieval``: image->text and text->image recall@k (%) at each size over the distinct images and
+  captions of ``cross_modal_retrieval.split``, and adaptive text->image retrieval (shortlist on ``D_s``, rerank on
+  ``D_r``) with the cost model and wall-clock (``cross_modal_retrieval_adaptive``).
+
+``sts``, ``text_retrieval``, ``zero_shot`` and ``cross_modal_retrieval`` read their own splits (no labelled ``test/``
+needed); their tables give, for each size, ``kept`` (the score over the full-width score) and ``size_fraction`` (the size over the full width).
 
 Every setting of every selected evaluator is checked before anything is written, so a bad one stops the run
 with a one-line :class:`~mrl.errors.ConfigError` and an untouched ``output_dir``. Each evaluator then writes
@@ -78,6 +84,10 @@ DEFAULTS: dict[str, Any] = {
     "text_retrieval": {"queries": "queries", "corpus": None, "ndcg_ks": [10], "recall_ks": [100], "mrr_ks": [10],
                        "adaptive": True, "shortlist_dims": None, "rerank_dims": None, "shortlist_ks": [200, 400],
                        "method": "exact", "hnsw_m": 32, "ef_search": 128, "ef_construction": 200, "repeats": 1},
+    "zero_shot": {"split": "test", "ks": [1, 5]},
+    "cross_modal_retrieval": {"split": "test", "ks": [1, 5, 10], "match": "auto", "adaptive": True,
+                              "shortlist_dims": None, "rerank_dims": None, "shortlist_ks": [50, 100, 200],
+                              "method": "exact", "hnsw_m": 32, "ef_search": 128, "ef_construction": 200, "repeats": 1},
     "wandb": "auto",            # the tables also go to the training run's W&B run: auto | online | offline | disabled
 }
 # top-level keys of the Hydra config (and "resolved", written to eval_config.yaml) that evaluate() does not use
@@ -390,6 +400,76 @@ def _plan_text_retrieval(ctx: dict, cfg: dict) -> dict[str, Any]:
         search = check_search_settings(s["method"], s["hnsw_m"], s["ef_search"], s["ef_construction"])
     return {**plan, "shortlist_dims": shortlist_dims, "rerank_dims": rerank_dims, "shortlist_ks": shortlist_ks,
             "repeats": _check_int(s["repeats"], f"{sec}.repeats", 1), **search}
+
+
+def _image_text_split(ctx: dict, sec: str, what: str):
+    split = ctx["splits"][ctx["cfg_splits"][sec]]
+    if split.text_embeddings is None:
+        raise ConfigError(f"{sec}.split", f"{split.path} holds no caption embeddings (text_embeddings.npy): {what} "
+                          "needs an image-text model", "embed image-text data with a dual_encoder checkpoint")
+    return split
+
+
+def _plan_zero_shot(ctx: dict, cfg: dict) -> dict[str, Any]:
+    sec = "zero_shot"
+    split = _image_text_split(ctx, sec, "zero-shot classification")
+    prompts = split.relations.get("class_prompt_embeddings")
+    if split.labels is None or prompts is None:
+        raise ConfigError(f"{sec}.split", f"{split.path} has no labels or no class prompts (a caption-file split)",
+                          "zero-shot needs class-captioned data (data.format=imagefolder)")
+    if prompts.shape[2] != split.width:
+        raise ConfigError(f"{sec}.split", f"{split.path}/class_prompt_embeddings.npy is {prompts.shape[2]} wide, the "
+                          f"embeddings {split.width}", REEMBED_HINT)
+    names = split.meta.get("class_names")
+    if names is not None and len(names) != prompts.shape[1]:
+        raise ConfigError(f"{sec}.split", f"{split.path} prompts {prompts.shape[1]} classes but meta.json names "
+                          f"{len(names)}", REEMBED_HINT)
+    if len(split.labels) and int(split.labels.max()) >= prompts.shape[1]:
+        raise ConfigError(f"{sec}.split", f"{split.path} has label {int(split.labels.max())} but prompts for "
+                          f"{prompts.shape[1]} classes", REEMBED_HINT)
+    return {"split": split, "ks": _check_ks(cfg[sec]["ks"], prompts.shape[1], f"{sec}.ks",
+                                            f"the {prompts.shape[1]} classes")}
+
+
+def _plan_cross_modal_retrieval(ctx: dict, cfg: dict) -> dict[str, Any]:
+    from mrl.evaluation.image_text import MATCHES, cross_modal_items
+
+    sec = "cross_modal_retrieval"
+    s, nesting = cfg[sec], ctx["nesting_dims"]
+    split = _image_text_split(ctx, sec, "cross-modal retrieval")
+    if "image_ids" not in split.relations or "caption_ids" not in split.relations:
+        raise ConfigError(f"{sec}.split", f"{split.path} has no image_ids.npy / caption_ids.npy", REEMBED_HINT)
+    match = s["match"]
+    if match == "auto":
+        match = "label" if split.labels is not None and split.meta.get("captions") == "class templates" else "pair"
+    if match not in MATCHES:
+        raise ConfigError(f"{sec}.match", f"is {match!r}", f"choose auto, {' or '.join(MATCHES)}")
+    if match == "label" and split.labels is None:
+        raise ConfigError(f"{sec}.match", f"is label but {split.path} has no labels", "use match=pair (or auto)")
+    image_rows, caption_rows, matches = cross_modal_items(split.relations["image_ids"], split.relations["caption_ids"],
+                                                          split.labels, match)
+    smallest = min(len(image_rows), len(caption_rows))
+    ks = _check_ks(s["ks"], smallest, f"{sec}.ks", f"the {smallest} distinct images/captions")
+    plan = {"split": split, "ks": ks, "match": match, "items": (image_rows, caption_rows, matches),
+            "adaptive": _check_bool(s["adaptive"], f"{sec}.adaptive")}
+    if not plan["adaptive"]:
+        return plan
+    width, n, depth = split.width, len(image_rows), max(ks)
+    shortlist_dims = (_sizes(s["shortlist_dims"], f"{sec}.shortlist_dims", width) if s["shortlist_dims"] is not None
+                      else [d for d in nesting if d < width] or [nesting[0]])
+    rerank_dims = _sizes(s["rerank_dims"], f"{sec}.rerank_dims", width) if s["rerank_dims"] is not None else [width]
+    shortlist_ks = [k for k in _int_list(s["shortlist_ks"], f"{sec}.shortlist_ks")]
+    for kk in shortlist_ks:
+        if not depth <= kk <= n:
+            raise ConfigError(f"{sec}.shortlist_ks", f"K={kk} must lie between the deepest cut-off {depth} and the "
+                              f"{n} distinct images", f"use shortlist lengths in {depth}..{n}")
+    with _Section(sec, s):
+        search = check_search_settings(s["method"], s["hnsw_m"], s["ef_search"], s["ef_construction"])
+    return {**plan, "shortlist_dims": shortlist_dims, "rerank_dims": rerank_dims, "shortlist_ks": shortlist_ks,
+            "repeats": _check_int(s["repeats"], f"{sec}.repeats", 1), **search}
+
+
+REEMBED_HINT = "re-run scripts/embed.py for this split with the dual_encoder checkpoint"
 
 
 # --------------------------------------------------------------------------------------------------
@@ -795,6 +875,120 @@ def _text_adaptive(ctx: dict, plan: dict, out: Path, full: float, headline: str,
     return rows
 
 
+def _run_zero_shot(ctx: dict, plan: dict, out: Path) -> list[dict]:
+    from mrl.evaluation.image_text import zero_shot
+
+    split, ks = plan["split"], plan["ks"]
+    width, dims = split.width, ctx["dims"]
+    sizes = _with_full_width(dims, width)
+    prompts = split.relations["class_prompt_embeddings"]
+    found = {r["dim"]: r for r in zero_shot(split.embeddings, split.labels, prompts, sizes, ks,
+                                            progress=_progress("zero_shot", len(sizes)))}
+    full = found[width]["top1"]
+    rows = [{"dim": m, **_pct(found[m], [f"top{k}" for k in ks]),
+             "kept": found[m]["top1"] / full if full > 0 else float("nan"), "size_fraction": m / width,
+             "num_images": found[m]["num_images"]} for m in dims]
+    templates = split.meta.get("templates") or []
+    write_table(rows, out, "zero_shot", f"Zero-shot classification (%) by size, {ctx['label']}",
+                [f"{len(split.labels)} images of {split.path.name}, {prompts.shape[1]} classes, {prompts.shape[0]} "
+                 f"prompt templates (e.g. {templates[0]!r})." if templates else f"{len(split.labels)} images.",
+                 "Per size d: each prompt's d-prefix L2-normalised, averaged over the templates, renormalised; each "
+                 "image's normalised d-prefix takes the class of highest cosine.",
+                 f"kept: top-1 at d / at the full width {width} ({100 * full:.2f}); size_fraction: d / {width}."])
+    series = {f"top{k}": ([r["dim"] for r in rows], [r[f"top{k}"] for r in rows]) for k in ks}
+    _plot(out / "zero_shot.png", series, f"Zero-shot, {ctx['label']}", "representation size", "accuracy (%)",
+          markers=len(rows) <= 32)
+    return rows
+
+
+def _run_cross_modal_retrieval(ctx: dict, plan: dict, out: Path) -> list[dict]:
+    from mrl.evaluation.image_text import cross_modal_retrieval
+
+    split, ks, match = plan["split"], plan["ks"], plan["match"]
+    width, dims = split.width, ctx["dims"]
+    sizes = _with_full_width(dims, width)
+    found = {r["dim"]: r for r in cross_modal_retrieval(
+        split.embeddings, split.text_embeddings, split.relations["image_ids"], split.relations["caption_ids"], sizes,
+        ks, split.labels, match, progress=_progress("cross_modal_retrieval", len(sizes)))}
+    metrics = [f"{d}_r@{k}" for d in ("i2t", "t2i") for k in ks]
+    full = found[width]["rsum"]
+    rows = [{"dim": m, **_pct(found[m], metrics), "rsum": found[m]["rsum"],
+             "kept": found[m]["rsum"] / full if full > 0 else float("nan"), "size_fraction": m / width,
+             "num_images": found[m]["num_images"], "num_captions": found[m]["num_captions"],
+             "search_seconds": found[m]["search_seconds"]} for m in dims]
+    image_rows, caption_rows, _ = plan["items"]
+    what = ("an image and a caption match when they share a class (class-template captions)" if match == "label"
+            else "an image and a caption match when a row pairs them (identical caption texts are one caption)")
+    split_names = f"{split.path.name}: {len(image_rows)} distinct images, {len(caption_rows)} distinct captions"
+    write_table(rows, out, "cross_modal_retrieval", f"Cross-modal retrieval (%) by size, {ctx['label']}",
+                [f"{split_names}; exact cosine search on the L2-normalised size-d prefixes; {what}.",
+                 "i2t_r@k: images with a matching caption among their top k captions; t2i_r@k: captions with a "
+                 "matching image among their top k images; rsum: the sum of these recalls.",
+                 f"kept: rsum at d / at the full width {width} ({full:.2f}); size_fraction: d / {width}."])
+    series = {m: ([r["dim"] for r in rows], [r[m] for r in rows]) for m in metrics}
+    _plot(out / "cross_modal_retrieval.png", series, f"Cross-modal retrieval, {ctx['label']}", "representation size",
+          "recall (%)", markers=len(rows) <= 32)
+    if plan["adaptive"]:
+        _cross_modal_adaptive(ctx, plan, out, split_names)
+    return rows
+
+
+def _cross_modal_adaptive(ctx: dict, plan: dict, out: Path, split_names: str) -> list[dict]:
+    """Text queries over the image database: shortlist K images on the D_s prefix, rerank on D_r; recall@k of the
+    reranked lists, the paper's cost model and the wall-clock, next to exact full-width search."""
+    from mrl.evaluation.adaptive_retrieval import adaptive_retrieval, exact_retrieval_mflops, retrieval_mflops
+    from mrl.evaluation.image_text import hits_at, qrels_of
+    from mrl.evaluation.retrieval import build_index, l2_normalize_prefix, search_index
+
+    split, ks = plan["split"], plan["ks"]
+    image_rows, caption_rows, matches = plan["items"]
+    db = np.ascontiguousarray(np.asarray(split.embeddings)[image_rows])
+    q_emb = np.asarray(split.text_embeddings)[caption_rows]
+    qrels = qrels_of(matches, flip=True)
+    n, q, width, depth = len(db), len(q_emb), split.width, max(ks)
+    repeats, method = plan["repeats"], plan["method"]
+    headline = f"t2i_r@{ks[0]}"
+    exact_mflops = exact_retrieval_mflops(n, width)
+
+    def scored(ranked: np.ndarray) -> dict[str, float]:
+        return {f"t2i_r@{k}": 100.0 * v for k, v in hits_at(ranked, qrels, n, ks).items()}
+
+    full_index = build_index(l2_normalize_prefix(db, width, field="db_emb"), "exact")
+    (_, idx), exact_s = _timed(lambda: search_index(full_index, l2_normalize_prefix(q_emb, width, field="q_emb"),
+                                                    depth), repeats)
+    full_index.reset()
+    exact_us = 1e6 * exact_s / q
+    rows = [{"kind": "exact", "D_s": width, "D_r": width, "K": "", **scored(idx), "kept": 1.0, "size_fraction": 1.0,
+             "mflops": exact_mflops, "cost_fraction": 1.0, "us_per_query": exact_us, "speedup": 1.0}]
+    progress = _progress("cross_modal_retrieval (adaptive)", len(plan["shortlist_dims"]))
+    for ds in plan["shortlist_dims"]:
+        index = build_index(l2_normalize_prefix(db, ds, field="db_emb"), method, plan["hnsw_m"],
+                            plan["ef_construction"])
+        for dr in [d for d in plan["rerank_dims"] if d >= ds]:
+            for kk in plan["shortlist_ks"]:
+                idx, sec_s = _timed(lambda: adaptive_retrieval(db, q_emb, ds, dr, kk, depth, method=method,
+                                                               ef_search=plan["ef_search"], index=index), repeats)
+                row = scored(idx)
+                us, mflops = 1e6 * sec_s / q, retrieval_mflops(n, ds, [(kk, dr)])
+                rows.append({"kind": f"adaptive ({method})", "D_s": ds, "D_r": dr, "K": kk, **row,
+                             "kept": row[headline] / rows[0][headline] if rows[0][headline] > 0 else float("nan"),
+                             "size_fraction": ds / width, "mflops": mflops, "cost_fraction": mflops / exact_mflops,
+                             "us_per_query": us, "speedup": exact_us / us if us > 0 else float("inf")})
+        progress(f"shortlist size D_s={ds}")
+    write_table(rows, out, "cross_modal_retrieval_adaptive", f"Adaptive text->image retrieval (%), {ctx['label']}",
+                [f"{split_names}; caption queries over the image database: shortlist K images by {method} search on "
+                 f"the first D_s coordinates, rerank them on D_r, keep the top {depth}.",
+                 f"kept: {headline} / exact search's at the full width {width}; size_fraction: D_s / {width}; mflops: "
+                 "the paper's cost model per query, (N*D_s + K*D_r)/1e6 (exact: N*d/1e6); cost_fraction: mflops / "
+                 "exact's.",
+                 f"us_per_query: measured wall-clock per query on this machine (best of {repeats}; query "
+                 "normalisation, shortlist search and rerank; the shortlist index is built beforehand); speedup: "
+                 "exact / this."])
+    _plot_adaptive_retrieval(rows, headline, out / "cross_modal_retrieval_adaptive.png",
+                             f"Adaptive text->image retrieval, {ctx['label']}")
+    return rows
+
+
 class Evaluator(NamedTuple):
     """One evaluator: ``plan(ctx, cfg)`` checks its settings before anything is written, ``run(ctx, plan, out)``
     writes its tables. ``needs``: what it reads beyond the test split's embeddings and labels: ``train`` (the
@@ -820,6 +1014,11 @@ REGISTRY: dict[str, Evaluator] = {
     "sts": Evaluator(_plan_sts, _run_sts, frozenset(), lambda cfg: [_split_name(cfg["sts"]["split"], "sts.split")]),
     "text_retrieval": Evaluator(_plan_text_retrieval, _run_text_retrieval, frozenset(),
                                 lambda cfg: [_split_name(cfg["text_retrieval"]["queries"], "text_retrieval.queries")]),
+    "zero_shot": Evaluator(_plan_zero_shot, _run_zero_shot, frozenset(),
+                           lambda cfg: [_split_name(cfg["zero_shot"]["split"], "zero_shot.split")]),
+    "cross_modal_retrieval": Evaluator(_plan_cross_modal_retrieval, _run_cross_modal_retrieval, frozenset(),
+                                       lambda cfg: [_split_name(cfg["cross_modal_retrieval"]["split"],
+                                                                "cross_modal_retrieval.split")]),
 }
 
 
@@ -917,7 +1116,8 @@ def evaluate(cfg: Mapping[str, Any] | None = None, command: str | None = None,
     ctx = {"train": train, "test": test, "splits": splits, "emb_dir": emb_dir, "head": head, "head_type": head_type,
            "nesting_dims": nesting_dims, "dims": dims,
            "num_classes": _num_classes(test, train) if test is not None else reference.meta["num_classes"],
-           "label": f"{model}, {_run_name(ckpt_path, emb_dir)}"}
+           "label": f"{model}, {_run_name(ckpt_path, emb_dir)}",
+           "cfg_splits": {name: cfg[name]["split"] for name in ("zero_shot", "cross_modal_retrieval")}}
     plans = {name: REGISTRY[name].plan(ctx, cfg) for name in evaluators}
 
     out.mkdir(parents=True, exist_ok=True)
@@ -942,7 +1142,9 @@ WANDB_TABLES = {"classification": ("dim", ("top1", "top5", "knn_top1")),
                 "retrieval": ("dim", ("map@10", "precision@10", "recall@10", "top1")),
                 "adaptive_classification": ("cap", ("accuracy", "expected_dim", "fixed_accuracy")),
                 "sts": ("dim", ("spearman", "kept")),
-                "text_retrieval": ("dim", ("ndcg@10", "recall@100", "mrr@10", "kept"))}
+                "text_retrieval": ("dim", ("ndcg@10", "recall@100", "mrr@10", "kept")),
+                "zero_shot": ("dim", ("top1", "top5", "kept")),
+                "cross_modal_retrieval": ("dim", ("i2t_r@1", "t2i_r@1", "i2t_r@10", "t2i_r@10", "rsum"))}
 
 
 def _log_to_training_run(tables: Mapping[str, list[dict]], ckpt_path: Path, mode: str) -> None:
