@@ -147,6 +147,7 @@ def run_training(arm: str, seed: int, run_dir: Path) -> float:
     with open(run_dir / "driver.log", "w") as log:
         status = subprocess.run(command, check=False, cwd=REPO, stdout=log, stderr=subprocess.STDOUT).returncode
     seconds = time.perf_counter() - start
+    (run_dir / "code_commit.txt").write_text(code_commit() + "\n")
     if status != 0:
         raise RuntimeError(f"training {unit_name(arm, seed)} failed with status {status}: see {run_dir}/driver.log")
     (run_dir / "wall_seconds.txt").write_text(f"{seconds:.1f}\n")
@@ -215,7 +216,9 @@ def collect_unit(arm: str, seed: int | None, run_dir: Path | None, out: Path, re
         if metrics.is_file():
             shutil.copy(metrics, out / "train_metrics.csv")
     wall = run_dir / "wall_seconds.txt" if run_dir is not None else None
-    result = {**result, "code_commit": code_commit(),
+    trained_by = run_dir / "code_commit.txt" if run_dir is not None else None
+    result = {**result, "eval_code_commit": code_commit(),
+              "train_code_commit": trained_by.read_text().strip() if trained_by and trained_by.is_file() else None,
               "train_wall_seconds": float(wall.read_text()) if wall is not None and wall.is_file() else train_seconds}
     (out / RESULT).write_text(json.dumps(result, indent=2) + "\n")
 
