@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -70,6 +71,16 @@ def write_image_folder(root: Path, classes=("cat", "dog", "emu"), per_class: int
 @pytest.fixture
 def image_folder(tmp_path) -> Path:
     return write_image_folder(tmp_path / "imgs")
+
+
+def run_script(name: str, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    """``python scripts/<name> args...`` from the project root in this offline environment; with ``check``, a
+    non-zero exit fails the test with the script's last error lines."""
+    proc = subprocess.run([sys.executable, f"scripts/{name}", *args], cwd=PROJECT_ROOT, capture_output=True,
+                          text=True, timeout=900, check=False)
+    if check:
+        assert proc.returncode == 0, f"{name}: {proc.stderr[-3000:]}"
+    return proc
 
 
 def wait_for(predicate, proc: subprocess.Popen, timeout: float = 300.0) -> None:

@@ -5,24 +5,15 @@ on STS-B (per layer and size) and on the first 300 Cranfield documents (nDCG, re
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from conftest import PROJECT_ROOT, SHARED_DATA
+from conftest import SHARED_DATA, run_script
 
 SNLI, STSB, CRANFIELD = (SHARED_DATA / "text" / name for name in ("snli", "stsbenchmark", "cranfield"))
-ENV = {**os.environ, "WANDB_MODE": "offline", "HF_HUB_OFFLINE": "1"}
 DIMS = [12, 24, 48, 96, 192, 384]
 
-
-def script(name: str, *args: str) -> None:
-    proc = subprocess.run([sys.executable, f"scripts/{name}", *args], cwd=PROJECT_ROOT, env=ENV, capture_output=True,
-                          text=True, timeout=900)
-    assert proc.returncode == 0, f"{name}: {proc.stderr[-3000:]}"
 
 
 def subset(source: Path, target: Path, names: list[str], lines: slice) -> Path:
@@ -54,7 +45,7 @@ def test_nli_minilm_2d_trains_embeds_and_scores_sts_and_cranfield(tmp_path):
     sts = subset(STSB, tmp_path / "sts", ["sts-dev.csv", "sts-test.csv"], slice(None, None, 15))
     cranfield, num_queries = cranfield_subset(tmp_path / "cranfield", 300)
     run = tmp_path / "run"
-    script("train.py", "+experiment=nli_minilm_matryoshka", f"data.train.root={snli}", f"data.val.root={sts}",
+    run_script("train.py", "+experiment=nli_minilm_matryoshka", f"data.train.root={snli}", f"data.val.root={sts}",
            f"data.test.root={sts}", "data.batch_size=16", "data.num_workers=0", "model.layers=[3]",
            "trainer.val_check_interval=1.0", "logger=csv", "callbacks.progress_bar=none", f"hydra.run.dir={run}")
     result = json.loads((run / "metrics_by_dim.json").read_text())
@@ -65,10 +56,10 @@ def test_nli_minilm_2d_trains_embeds_and_scores_sts_and_cranfield(tmp_path):
     emb = tmp_path / "emb"
     for data, splits in ((f"data=stsb data.root={sts}", "[test]"),
                          (f"data=cranfield data.root={cranfield}", "[corpus,queries]")):
-        script("embed.py", f"ckpt_path={run}/checkpoints/last.ckpt", *data.split(), f"splits={splits}",
+        run_script("embed.py", f"ckpt_path={run}/checkpoints/last.ckpt", *data.split(), f"splits={splits}",
                "dtype=float32", "data.num_workers=0", f"output_dir={emb}", f"hydra.run.dir={tmp_path}/hydra_embed")
     out = tmp_path / "eval"
-    script("eval.py", f"embeddings_dir={emb}", f"output_dir={out}", f"hydra.run.dir={out}/hydra",
+    run_script("eval.py", f"embeddings_dir={emb}", f"output_dir={out}", f"hydra.run.dir={out}/hydra",
            "evaluators=[sts,text_retrieval]", "text_retrieval.shortlist_ks=[200]")
 
     sts_rows = json.loads((out / "sts.json").read_text())["rows"]

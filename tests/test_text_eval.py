@@ -6,16 +6,13 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 from scipy.stats import spearmanr
 
-from conftest import PROJECT_ROOT, SHARED_DATA
+from conftest import SHARED_DATA, run_script
 from mrl.data.text_eval import read_beir, read_cranfield, read_sts_set
 from mrl.errors import ConfigError
 from mrl.evaluation.sts import spearman_by_layer_and_size, spearman_by_size
@@ -23,7 +20,6 @@ from mrl.evaluation.text_retrieval import evaluate_text_retrieval, text_retrieva
 
 STSB = SHARED_DATA / "text" / "stsbenchmark"
 CRANFIELD = SHARED_DATA / "text" / "cranfield"
-ENV = {**os.environ, "WANDB_MODE": "offline", "HF_HUB_OFFLINE": "1"}
 
 
 # ------------------------------------------------------------------------------------------------ STS
@@ -242,10 +238,6 @@ def minilm_checkpoint(path: Path, max_length: int = 32) -> Path:
     return path
 
 
-def script(name: str, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, f"scripts/{name}", *args], cwd=PROJECT_ROOT, env=ENV, capture_output=True,
-                          text=True, timeout=900)
-
 
 @pytest.mark.skipif(not STSB.is_dir(), reason="the shared STS Benchmark is not here")
 def test_embed_and_evaluate_sts_and_beir_with_minilm(tmp_path):
@@ -257,7 +249,7 @@ def test_embed_and_evaluate_sts_and_beir_with_minilm(tmp_path):
     beir = _write_beir(tmp_path / "beir", ["q1\td1\t2", "q1\td2\t1", "q2\td3\t1", "q2\td5\t0"])
     emb = tmp_path / "emb"
     for data, splits in ((f"data=stsb data.root={sts}", "[test]"), (f"data=beir data.root={beir}", "[corpus,queries]")):
-        proc = script("embed.py", f"ckpt_path={ckpt}", *data.split(), f"splits={splits}", "dtype=float32",
+        proc = run_script("embed.py", f"ckpt_path={ckpt}", *data.split(), f"splits={splits}", "dtype=float32",
                       "data.num_workers=0", f"output_dir={emb}", f"hydra.run.dir={tmp_path}/hydra_embed")
         assert proc.returncode == 0, proc.stderr[-3000:]
 
@@ -271,7 +263,7 @@ def test_embed_and_evaluate_sts_and_beir_with_minilm(tmp_path):
     assert queries.meta["corpus_split"] == "corpus" and len(load_split(emb / "corpus").embeddings) == 6
 
     out = tmp_path / "eval"
-    proc = script("eval.py", f"embeddings_dir={emb}", f"output_dir={out}", f"hydra.run.dir={out}/hydra",
+    proc = run_script("eval.py", f"embeddings_dir={emb}", f"output_dir={out}", f"hydra.run.dir={out}/hydra",
                   "evaluators=[sts,text_retrieval]", "dims=[12,24,96,384]", "text_retrieval.ndcg_ks=[3]",
                   "text_retrieval.recall_ks=[4]", "text_retrieval.mrr_ks=[3]", "text_retrieval.shortlist_ks=[5]",
                   "text_retrieval.shortlist_dims=[12,24]")

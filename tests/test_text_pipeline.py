@@ -4,23 +4,14 @@ subset of the real TREC files with MRL, then embedded, evaluated and reported, u
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 
-from conftest import PROJECT_ROOT, SHARED_DATA
+from conftest import SHARED_DATA, run_script
 
 TREC = SHARED_DATA / "text" / "trec"
-ENV = {**os.environ, "WANDB_MODE": "offline", "HF_HUB_OFFLINE": "1"}
 DIMS = [12, 24, 48, 96, 192, 384]
 
-
-def script(name: str, *args: str) -> None:
-    proc = subprocess.run([sys.executable, f"scripts/{name}", *args], cwd=PROJECT_ROOT, env=ENV, capture_output=True,
-                          text=True, timeout=900)
-    assert proc.returncode == 0, f"{name}: {proc.stderr[-3000:]}"
 
 
 @pytest.mark.skipif(not TREC.is_dir(), reason="the shared TREC files are not here")
@@ -31,20 +22,20 @@ def test_trec_minilm_trains_embeds_evaluates_and_reports(tmp_path):
         lines = (TREC / name).read_bytes().splitlines(keepends=True)
         (data / name).write_bytes(b"".join(lines[::every]))
     run = tmp_path / "runs" / "trec_minilm_mrl"
-    script("train.py", "+experiment=trec_minilm", f"data.root={data}", "data.num_workers=0", "trainer.max_epochs=2",
-           "logger=csv", "callbacks.progress_bar=none", f"hydra.run.dir={run}")
+    run_script("train.py", "+experiment=trec_minilm", f"data.root={data}", "data.num_workers=0",
+               "trainer.max_epochs=2", "logger=csv", "callbacks.progress_bar=none", f"hydra.run.dir={run}")
     rows = json.loads((run / "metrics_by_dim.json").read_text())["rows"]
     assert [r["dim"] for r in rows] == DIMS
     assert rows[-1]["top1"] > 40.0  # 6 classes, the largest a quarter of the test lines: it learnt
-    script("embed.py", f"ckpt_path={run}/checkpoints/last.ckpt", "data=trec", f"data.root={data}", "dtype=float32",
-           f"output_dir={run}/embeddings", f"hydra.run.dir={run}/embeddings/hydra")
+    run_script("embed.py", f"ckpt_path={run}/checkpoints/last.ckpt", "data=trec", f"data.root={data}",
+               "dtype=float32", f"output_dir={run}/embeddings", f"hydra.run.dir={run}/embeddings/hydra")
     meta = json.loads((run / "embeddings" / "test" / "meta.json").read_text())
     assert meta["num_samples"] == 100 and meta["width"] == 384 and meta["head"] == "mrl"
-    script("eval.py", f"embeddings_dir={run}/embeddings", f"output_dir={run}/eval", f"hydra.run.dir={run}/eval/hydra",
-           "evaluators=[classification,adaptive_classification,retrieval]")
+    run_script("eval.py", f"embeddings_dir={run}/embeddings", f"output_dir={run}/eval",
+               f"hydra.run.dir={run}/eval/hydra", "evaluators=[classification,adaptive_classification,retrieval]")
     classification = json.loads((run / "eval" / "classification.json").read_text())
     linear = {r["dim"]: r["top1"] for r in classification["rows"]}
     assert list(linear) == DIMS and linear[384] == pytest.approx(rows[-1]["top1"], abs=1e-6)  # same checkpoint
     assert (run / "eval" / "retrieval.csv").is_file() and (run / "eval" / "adaptive_classification.csv").is_file()
-    script("report.py", "--dir", str(tmp_path / "runs"), "--out", str(tmp_path / "report"), "--title", "TREC")
+    run_script("report.py", "--dir", str(tmp_path / "runs"), "--out", str(tmp_path / "report"), "--title", "TREC")
     assert (tmp_path / "report" / "summary.md").is_file()

@@ -36,7 +36,7 @@ from torch.utils.data import Dataset, Subset
 
 from mrl.data.datamodules import ClassificationDataModule, TextDataModule, check_fraction, register_datamodule
 from mrl.data.text import (TokenizeCollate, _delimited_records, _existing_file, _no_rows, _read_lines, _shorten,
-                           resolve_split_path)
+                           load_hf_split, resolve_split_path)
 from mrl.errors import ConfigError
 
 ROOT_FIELD = "data.root"
@@ -351,21 +351,8 @@ def read_hf_pairs(name: str, *, split: str, config: str | None = None,
     ``sentence-transformers/stsb`` with ``[sentence1, sentence2]`` and score column ``score`` (0 to 1)."""
     names = _checked_columns(columns, score_column)
     limits = _checked_score_range(score_range)
-    try:
-        import datasets
-    except ImportError:
-        raise ConfigError(FORMAT_FIELD, "format 'hf' needs the Hugging Face datasets package, which is not "
-                          "installed", "pip install datasets") from None
-    if not name or not str(name).strip():
-        raise ConfigError(ROOT_FIELD, "is not set", "give the Hugging Face data set's name")
-    source = f"{name}" + (f"/{config}" if config else "") + f" [{split}]"
-    try:
-        dataset = datasets.load_dataset(name, config, split=split, cache_dir=cache_dir)
-    except Exception as exc:  # offline, unknown name/config/split: all surface as different exception types
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ConfigError(ROOT_FIELD, f"could not load Hugging Face dataset {source}: {reason}",
-                          "check the name, config and split, and network access (or HF_DATASETS_OFFLINE with a "
-                          "filled cache)") from None
+    dataset, source = load_hf_split(name, split=split, config=config, cache_dir=cache_dir,
+                                    example="sentence-transformers/all-nli")
     wanted = names + ([str(score_column)] if score_column is not None else [])
     present = list(dataset.column_names)
     for column in wanted:

@@ -436,21 +436,18 @@ def read_ag_news(path: str | Path, *, class_names: Sequence[str] | None = None,
     return _build_dataset(rows, path, names)
 
 
-def read_hf(name: str, *, split: str, config: str | None = None, text_column: str = "text",
-            label_column: str = "label", class_names: Sequence[str] | None = None,
-            cache_dir: str | None = None) -> TextClassificationDataset:
-    """A Hugging Face dataset: ``datasets.load_dataset(name, config, split=split)``.
-
-    Needs the ``datasets`` package and network access or a filled cache. A ``ClassLabel`` label column gives
-    the class names; otherwise labels are handled as in the generic formats.
-    """
+def load_hf_split(name: str, *, split: str, config: str | None = None, cache_dir: str | None = None,
+                  example: str = "ag_news") -> tuple[Any, str]:
+    """``datasets.load_dataset(name, config, split=split)`` and how messages name it (``name/config [split]``);
+    every failure (the package missing, offline, an unknown name, config or split) a one-line :class:`ConfigError`
+    on ``data.format`` or ``data.root``."""
     try:
         import datasets
     except ImportError:
         raise ConfigError(FORMAT_FIELD, "format 'hf' needs the Hugging Face datasets package, which is not "
                           "installed", "pip install datasets") from None
     if not name or not str(name).strip():
-        raise ConfigError(ROOT_FIELD, "is not set", "give the Hugging Face dataset name, e.g. ag_news")
+        raise ConfigError(ROOT_FIELD, "is not set", f"give the Hugging Face data set's name, e.g. {example}")
     source = f"{name}" + (f"/{config}" if config else "") + f" [{split}]"
     try:
         dataset = datasets.load_dataset(name, config, split=split, cache_dir=cache_dir)
@@ -459,6 +456,18 @@ def read_hf(name: str, *, split: str, config: str | None = None, text_column: st
         raise ConfigError(ROOT_FIELD, f"could not load Hugging Face dataset {source}: {reason}",
                           "check the name, config and split, and network access (or HF_DATASETS_OFFLINE with a "
                           "filled cache)") from None
+    return dataset, source
+
+
+def read_hf(name: str, *, split: str, config: str | None = None, text_column: str = "text",
+            label_column: str = "label", class_names: Sequence[str] | None = None,
+            cache_dir: str | None = None) -> TextClassificationDataset:
+    """A Hugging Face dataset: ``datasets.load_dataset(name, config, split=split)``.
+
+    Needs the ``datasets`` package and network access or a filled cache. A ``ClassLabel`` label column gives
+    the class names; otherwise labels are handled as in the generic formats.
+    """
+    dataset, source = load_hf_split(name, split=split, config=config, cache_dir=cache_dir)
     columns = list(dataset.column_names)
     for field, column in ((TEXT_FIELD, text_column), (LABEL_FIELD, label_column)):
         if column not in columns:
