@@ -53,6 +53,13 @@ def test_cifar10_preset_fast_dev_run_on_shared_tar(make_cfg):
     assert set(out["test"]) >= {f"top1@{m}" for m in (8, 16, 32, 64, 128, 256, 512)}
 
 
+def test_cifar10_vit_preset_trains_on_the_shared_tar(make_cfg):
+    """The CPU-scale ViT (results/cifar10_vit): timm's ViT cut to 6 blocks with 8x8 patches on 32x32 images."""
+    out = train(make_cfg("+experiment=cifar10_vit", *FAST, f"data.root={CIFAR10_TAR}", "data.verify_images=false",
+                         "data.num_workers=0", "data.batch_size=8"))
+    assert {f"top1@{m}" for m in (12, 24, 48, 96, 192)} == {k for k in out["test"] if k.startswith("top1@")}
+
+
 @pytest.mark.parametrize("name,extra", [("imagenet_resnet50", []), ("imagenet_resnet50_mrle", []),
                                         ("imagenet_resnet50_ff", ["model.ff_dim=64"]), ("imagenet_vitb16", [])])
 def test_imagenet_presets_fast_dev_run_on_tiny_folder(make_cfg, tmp_path, name, extra):
