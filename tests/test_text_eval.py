@@ -1,5 +1,5 @@
 """Evaluation of text embeddings per Matryoshka size: STS Spearman and graded text retrieval against slow references
-(scipy, a loop, pytrec_eval when installed, a hand-worked example), the evaluation-set readers on the real shared
+(scipy, a loop, pytrec_eval, a hand-worked example), the evaluation-set readers on the real shared
 files and on bad ones, and the path through scripts/embed.py and scripts/eval.py with pretrained MiniLM."""
 
 from __future__ import annotations
@@ -106,7 +106,7 @@ def test_text_retrieval_metrics_match_a_slow_reference_and_a_hand_worked_example
 
 
 def test_text_retrieval_metrics_equal_trec_eval():
-    pytrec_eval = pytest.importorskip("pytrec_eval")
+    import pytrec_eval  # the dev extra installs it
     rng = np.random.default_rng(2)
     qrels = _random_judgements(rng)
     qrels = qrels[qrels[:, 2] >= 0]  # trec_eval reads negative judgements differently; ours never has them
