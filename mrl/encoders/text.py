@@ -198,6 +198,8 @@ class TextEncoder(nn.Module):
         self.model = model.train()
         self.tokenizer = tokenizer
         self.name = name_or_path
+        self.source = resolved          # what from_pretrained read: a directory or a hub id
+        self.pretrained = pretrained
         self.pooling = pooling
         self.max_length = max_length
         self.width = int(config.hidden_size)
@@ -222,10 +224,14 @@ class TextEncoder(nn.Module):
         to ``num_layers`` (the last hidden state)."""
         return int(self.model.config.num_hidden_layers)
 
-    def forward(self, batch: Mapping[str, torch.Tensor], layers: Sequence[int] | None = None) -> torch.Tensor:
-        """Embeddings ``[B, width]`` of a tokenized batch (``tokenize`` output, extra keys ignored); with
-        ``layers``, the pooled outputs of those layers, ``[len(layers), B, width]`` (2D Matryoshka: each layer's
-        output is an embedding too; layer ``num_layers`` is the usual one). One forward pass either way."""
+    @property
+    def input_embeddings(self) -> torch.Tensor:
+        """The token embedding matrix ``[vocab, width]`` (the weight itself, not a copy): what an output layer tied
+        to the input embeddings scores against (masked language modelling)."""
+        return self.model.get_input_embeddings().weight
+
+    def _model_inputs(self, batch: Mapping[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """The model's keyword inputs on its device, and the attention mask (all ones when the batch has none)."""
         if "input_ids" not in batch:
             raise KeyError(f"batch has no 'input_ids' (keys: {sorted(batch)}); build it with TextEncoder.tokenize")
         device = self.model.get_input_embeddings().weight.device
@@ -233,17 +239,31 @@ class TextEncoder(nn.Module):
         attention_mask = batch.get("attention_mask")
         if attention_mask is None:  # no padding information: every token is real
             attention_mask = torch.ones_like(inputs["input_ids"])
-        attention_mask = attention_mask.to(device)
-        pool = POOLINGS[self.pooling]
+        return inputs, attention_mask.to(device)
+
+    def pool(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """This encoder's pooling of token vectors: ``[B, T, width], [B, T] -> [B, width]``."""
+        return POOLINGS[self.pooling](hidden, attention_mask)
+
+    def token_states(self, batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The last layer's token vectors ``[B, T, width]``, unpooled, and the attention mask ``[B, T]`` on their
+        device: what a token-level task reads (masked language modelling); ``pool`` of them is :meth:`forward`."""
+        inputs, attention_mask = self._model_inputs(batch)
+        return self.model(**inputs).last_hidden_state, attention_mask
+
+    def forward(self, batch: Mapping[str, torch.Tensor], layers: Sequence[int] | None = None) -> torch.Tensor:
+        """Embeddings ``[B, width]`` of a tokenized batch (``tokenize`` output, extra keys ignored); with
+        ``layers``, the pooled outputs of those layers, ``[len(layers), B, width]`` (2D Matryoshka: each layer's
+        output is an embedding too; layer ``num_layers`` is the usual one). One forward pass either way."""
         if layers is None:
-            return pool(self.model(**inputs).last_hidden_state, attention_mask)  # [B, width]
+            return self.pool(*self.token_states(batch))  # [B, width]
+        inputs, attention_mask = self._model_inputs(batch)
         bad = [layer for layer in layers if not 1 <= layer <= self.num_layers]
         if bad:
             raise ValueError(f"layer {bad[0]} is outside 1..{self.num_layers} of {self.name}")
         # hidden_states[0] is the embedding layer's output, hidden_states[l] the l-th block's.
         hidden_states = self.model(**inputs, output_hidden_states=True).hidden_states
-        return torch.stack([pool(hidden_states[layer], attention_mask) for layer in layers])
-
+        return torch.stack([self.pool(hidden_states[layer], attention_mask) for layer in layers])
 
 def load_tokenizer(name_or_path: str):
     """The tokenizer of a text encoder (what a DataModule tokenises with, in its loader workers): the same one
