@@ -5,5 +5,7 @@ from mrl.tasks.base import TASKS, Task, create_task, register_task
 from mrl.tasks.classification import ClassificationTask
 from mrl.tasks.contrastive import ContrastiveTask
 from mrl.tasks.dual_encoder import DualEncoderTask
+from mrl.tasks.mlm import MaskedLMTask
 
-__all__ = ["TASKS", "ClassificationTask", "ContrastiveTask", "DualEncoderTask", "Task", "create_task", "register_task"]
+__all__ = ["TASKS", "ClassificationTask", "ContrastiveTask", "DualEncoderTask", "MaskedLMTask", "Task", "create_task",
+           "register_task"]
