@@ -58,7 +58,8 @@ collect_model() {  # the small outputs of a finished model into results, committ
   if committed "$name" || [[ ! -f $dir/metrics_by_dim.json ]]; then return; fi
   rm -rf "$out" && mkdir -p "$out" && out=$(realpath "$out")
   (cd "$dir" && find . \( -name checkpoints -o -name wandb \) -prune -o -type f \
-      \( -name '*.csv' -o -name '*.json' -o -name '*.md' -o -name '*.yaml' -o -name '*.txt' -o -name '*.log' \) -print0 |
+      \( -name '*.csv' -o -name '*.json' -o -name '*.md' -o -name '*.yaml' -o -name '*.txt' -o -name '*.log' \) \
+      -print0 |
     xargs -0 -I{} cp --parents {} "$out/")
   date -u +%Y-%m-%dT%H:%M:%SZ > "$out/DONE"
   if [[ $COMMIT == 1 ]]; then

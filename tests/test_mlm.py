@@ -188,8 +188,8 @@ def test_masking_counts_positions_and_replacements(tokenizer):
         plain = tokenizer(texts, padding=True, truncation=True, max_length=64, return_tensors="pt")
         labels = batch["mlm_labels"]
         for row in range(len(texts)):
-            real = [i for i, (tok, a) in enumerate(zip(plain["input_ids"][row].tolist(),
-                                                       plain["attention_mask"][row].tolist())) if a and tok not in special]
+            pairs = zip(plain["input_ids"][row].tolist(), plain["attention_mask"][row].tolist())
+            real = [i for i, (tok, a) in enumerate(pairs) if a and tok not in special]
             chosen = (labels[row] != IGNORE_INDEX).nonzero().flatten().tolist()
             assert len(chosen) == max(1, round(0.15 * len(real)))  # BERT's count per text
             assert set(chosen) <= set(real)                           # never a special or padding token
@@ -424,3 +424,44 @@ def test_text_encoder_gives_token_states_and_its_tied_embeddings():
         assert torch.allclose(encoder.pool(hidden, mask), encoder(batch), atol=1e-6)
     assert encoder.input_embeddings is encoder.model.get_input_embeddings().weight
     assert tuple(encoder.input_embeddings.shape) == (30522, 384)
+
+
+def fake_run(runs: Path, name: str, accuracy: dict[int, float], tokens: int = 400, test_size: int = 100) -> None:
+    folder = runs / name
+    (folder / ".hydra").mkdir(parents=True)
+    head = "mrle" if name == "mrle" else "ff"
+    rows = [{"dim": m, "mlm_accuracy": a, "loss": 5.0 - a / 50} for m, a in accuracy.items()]
+    (folder / "metrics_by_dim.json").write_text(json.dumps({"head": head, "rows": rows, "num_samples": tokens,
+                                                            "num_texts": test_size}))
+    (folder / ".hydra" / "config.yaml").write_text(
+        f"seed: 42\ndata: {{test_size: {test_size}, split_seed: 0, eval_mask_seed: 0, mask_probability: 0.15, "
+        "batch_size: 32}\nmodel: {backbone: {name: hf/minilm, max_length: 32}}\ntrainer: {limit_train_batches: 200}\n")
+    (folder / "train.log").write_text("epoch 1/1  step 200  train/loss 3.2  123.0 s\n")
+    (folder / "command.txt").write_text(f"python scripts/train.py +experiment=minilm_mlm_mrl ({name})\n")
+    (folder / "DONE").write_text("done\n")
+
+
+def test_report_tables_the_runs_beside_the_papers_numbers(tmp_path):
+    runs, out = tmp_path / "runs", tmp_path / "out"
+    fake_run(runs, "mrle", {12: 20.0, 24: 25.0, 48: 30.0, 96: 33.0, 192: 35.0, 384: 40.0})
+    fake_run(runs, "ff12", {12: 22.5})
+    fake_run(runs, "ff384", {384: 39.0})
+    paper = tmp_path / "paper.csv"
+    paper.write_text("Representation Size,BERT-FF,BERT-NRL\n12,0.60,0.59\n384,0.65,0.648\n768,0.655,0.65\n")
+    proc = run_script("mlm_report.py", "--runs", str(runs), "--out", str(out), "--paper", str(paper))
+    assert "3 model(s)" in proc.stdout
+    rows = {r["dim"]: r for r in json.loads((out / "mlm_accuracy_by_size.json").read_text())["rows"]}
+    assert sorted(rows) == [12, 24, 48, 96, 192, 384, 768]
+    assert rows[12]["ours_mrle"] == 20.0 and rows[12]["ours_ff"] == 22.5 and rows[12]["ours_mrle_minus_ff"] == -2.5
+    assert rows[24]["ours_ff"] is None and rows[24]["paper_mrl"] is None
+    assert rows[768]["ours_mrle"] is None and rows[768]["paper_mrl"] == pytest.approx(65.0)
+    assert rows[12]["paper_ff"] == pytest.approx(60.0) and rows[12]["ours_mrle_kept"] == pytest.approx(0.5)
+    assert (out / "mlm_accuracy_by_size.png").stat().st_size > 0
+    readme = (out / "README.md").read_text()
+    assert "paper BERT-Base MRL" in readme and "At 12 dims: MRL-E 20.00% vs FF-12 22.50%" in readme
+    # runs scored on other tokens are refused, before anything is written
+    fake_run(runs, "ff48", {48: 31.0}, tokens=401)
+    proc = run_script("mlm_report.py", "--runs", str(runs), "--out", str(tmp_path / "out2"), "--paper", str(paper),
+                      check=False)
+    assert proc.returncode == 2 and "ff48 scored 401 masked tokens, mrle 400" in proc.stderr
+    assert not (tmp_path / "out2").exists()
