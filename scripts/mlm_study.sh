@@ -5,7 +5,7 @@
 # seed; every model scored on the same held-out masked tokens. Then scripts/mlm_report.py writes the per-size table
 # and plot beside the paper's BERT-Base numbers.
 #   DATA_DIR=../shared/data scripts/mlm_study.sh [extra train overrides]
-# FF_DIMS ("12 48 384"), SEED (42), MODELS (a subset, e.g. "mrle ff12"), STAGES ("train collect report"),
+# FF_DIMS ("12 24 48 96 192 384": FF at every size), SEED (42), MODELS (a subset, e.g. "mrle ff12"), STAGES ("train collect report"),
 # STUDY_DIR (checkpoints and logs), RESULTS_DIR (results/mlm), PAPER (the paper's CSV), PY.
 #
 # Resumable as scripts/study.sh: a finished model's small outputs (metrics, logs, composed config, command; no
@@ -21,7 +21,7 @@ PAPER=${PAPER:-../shared/paper/bert_base_mlm_accuracy.csv}
 STAGES=${STAGES:-train collect report}
 COMMIT=${COMMIT:-0}
 SEED=${SEED:-42}
-read -r -a FF_DIMS <<< "${FF_DIMS:-12 48 384}"
+read -r -a FF_DIMS <<< "${FF_DIMS:-12 24 48 96 192 384}"
 if [[ -z ${MODELS:-} ]]; then MODELS="mrle"; for k in "${FF_DIMS[@]}"; do MODELS+=" ff$k"; done; fi
 # One thread per run: on the shared 2-core machine two threads made a step 2 to 5 times slower (oversubscribed).
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
