@@ -5,8 +5,9 @@
 # seed; every model scored on the same held-out masked tokens. Then scripts/mlm_report.py writes the per-size table
 # and plot beside the paper's BERT-Base numbers.
 #   DATA_DIR=../shared/data scripts/mlm_study.sh [extra train overrides]
-# FF_DIMS ("12 24 48 96 192 384": FF at every size), SEED (42), MODELS (a subset, e.g. "mrle ff12"), STAGES ("train collect report"),
-# STUDY_DIR (checkpoints and logs), RESULTS_DIR (results/mlm), PAPER (the paper's CSV), PY.
+# FF_DIMS ("12 24 48 96 192 384": FF at every size), SEED (42), MODELS (a subset, e.g. "mrle ff12"),
+# STAGES ("train collect report"), STUDY_DIR (checkpoints and logs), RESULTS_DIR (results/mlm), PAPER (the paper's
+# CSV), PY.
 #
 # Resumable as scripts/study.sh: a finished model's small outputs (metrics, logs, composed config, command; no
 # checkpoints) go to $RESULTS_DIR/runs/<model>/ and, with COMMIT=1, are committed alone, so a later start skips it;
