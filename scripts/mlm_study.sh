@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The MLM study (results/mlm), the paper's BERT experiment at CPU scale: all-MiniLM-L6-v2 continued with masked
-# language modelling on the shared local sentences (configs/experiment/minilm_mlm_mrl.yaml, 200 steps), as MRL-E
+# language modelling on the shared local sentences (configs/experiment/minilm_mlm_mrl.yaml, 300 steps), as MRL-E
 # (every size 12..384 through the tied, sliced MLM head) and as the FF-style baseline at single sizes (FF_DIMS), one
 # seed; every model scored on the same held-out masked tokens. Then scripts/mlm_report.py writes the per-size table
 # and plot beside the paper's BERT-Base numbers.
