@@ -388,11 +388,12 @@ def _benchmark_section(results: Path) -> str:
                 f"results/sentence_embeddings/{BENCHMARK}`.")
     record = json.loads(path.read_text())
     lines = [f"`benchmarks/contrastive_step.py` (`{BENCHMARK}`): {record['description']}", "",
-             "| what | ours | peer | ours / peer |", "|---|---:|---:|---:|"]
+             "| what | ours | peer | ours / peer | repeats |", "|---|---:|---:|---:|---:|"]
     for part in record["comparisons"].values():
+        repeats = len(part["values"]["ours"]) if "values" in part else record["repeats"]
         lines.append(f"| {part['what']} | {part['ours']:.1f} {part['unit']} | {part['peer']:.1f} {part['unit']} | "
-                     f"{part['ratio']:.3f} |")
-    lines += ["", (f"Medians of {record['repeats']} alternated repeats each, one process, {record['threads']} "
+                     f"{part['ratio']:.3f} | {repeats} |")
+    lines += ["", (f"Medians of the alternated repeats (ours, then the peer, in turn), one process, {record['threads']} "
                    f"torch threads, {record['machine']} ({record['cpus']} CPUs, shared with other jobs); torch "
                    f"{record['torch']}, sentence-transformers {record['sentence_transformers']}. "
                    "A ratio below 1 means ours is faster.")]
@@ -539,7 +540,8 @@ def _checks_section(by_arm: Mapping[str, list[dict[str, Any]]]) -> str:
                      f"STS-B sentences: largest absolute difference of an embedding coordinate {worst:.2e}.")
     trained = [r for arm in ("ff384", "mrl", "st_matryoshka") for r in by_arm.get(arm, [])]
     if trained:
-        lines.append("* Training wall clock per run (this 2-core CPU, shared with other jobs; includes start-up and, "
+        lines.append("* Training wall clock per run (this 2-core CPU, shared with other jobs whose load changed from "
+                     "run to run, so not a speed comparison: the step benchmark above is; includes start-up and, "
                      "for ours, the trainer's test): " + ", ".join(
                          f"{r['unit']} {r['train_wall_seconds'] / 60:.1f} min" for r in trained
                          if r.get("train_wall_seconds")) + ".")

@@ -137,7 +137,7 @@ def test_the_report_is_built_from_unit_outputs_alone(tmp_path):
     m12 = rows[12]
     assert f"| 12 | {100 * 12 / 384:.1f} % | {m12['pretrained']['mean']:.2f} (1) |" in readme
     assert f"{m12['mrl']['mean']:.2f} ± {m12['mrl']['std']:.2f} (2)" in readme
-    assert "| training step | 90.0 ms/step | 100.0 ms/step | 0.900 |" in readme
+    assert "| training step | 90.0 ms/step | 100.0 ms/step | 0.900 | 5 |" in readme
     assert "python train mrl-seed43" in readme
     csv_lines = (tmp_path / "sts_by_size.csv").read_text().splitlines()
     assert csv_lines[0].startswith("dim,share_of_full_size,pretrained_mean") and len(csv_lines) == 1 + len(study.DIMS)
