@@ -184,7 +184,8 @@ def _lines_file(root: Path, split: str | None) -> Path:
         return root
     path = root / f"{split}.txt"
     if split is None or not path.is_file():
-        raise ConfigError("data.root", f"{root} is not a text file{'' if split is None else f' and has no {path.name}'}",
+        missing = "" if split is None else f" and has no {path.name}"
+        raise ConfigError("data.root", f"{root} is not a text file{missing}",
                           "point it at a file with one text per line, or a folder of <split>.txt files")
     return path
 
@@ -215,7 +216,8 @@ def read_texts(format: str, root: str | Path, splits: Sequence[str] | None = Non
             texts += [line.strip() for _, line in _read_lines(_lines_file(path, split), "utf-8")]
     elif format == "snli":
         if not path.is_dir():
-            raise ConfigError("data.root", f"{path} is not a folder", "point it at the folder of SNLI's s1.*, s2.* files")
+            raise ConfigError("data.root", f"{path} is not a folder",
+                              "point it at the folder of SNLI's s1.*, s2.* files")
         for split in splits or ["dev", "test"]:
             for name in ("s1", "s2"):
                 file = path / f"{name}.{split}"
@@ -245,7 +247,8 @@ def _checked_sources(role: str, spec: Any) -> list[dict[str, Any]] | None:
             raise ConfigError(where, f"expected a source {{format, root, splits, options}}, got {item!r}")
         unknown = sorted(set(item) - set(SOURCE_KEYS))
         if unknown:
-            raise ConfigError(f"{where}.{unknown[0]}", "is not a key of a text source", f"keys: {', '.join(SOURCE_KEYS)}")
+            raise ConfigError(f"{where}.{unknown[0]}", "is not a key of a text source",
+                              f"keys: {', '.join(SOURCE_KEYS)}")
         if item.get("format") not in TEXT_FORMATS:
             raise ConfigError(f"{where}.format", f"unknown text source format {item.get('format')!r}",
                               f"choose one of {', '.join(TEXT_FORMATS)}")

@@ -39,7 +39,8 @@ CHECKPOINT_HEAD = {"dense.weight": ("cls.predictions.transform.dense.weight",),
                    "dense.bias": ("cls.predictions.transform.dense.bias",),
                    "norm.weight": ("cls.predictions.transform.LayerNorm.weight",
                                    "cls.predictions.transform.LayerNorm.gamma"),
-                   "norm.bias": ("cls.predictions.transform.LayerNorm.bias", "cls.predictions.transform.LayerNorm.beta"),
+                   "norm.bias": ("cls.predictions.transform.LayerNorm.bias",
+                                 "cls.predictions.transform.LayerNorm.beta"),
                    "bias": ("cls.predictions.bias", "cls.predictions.decoder.bias")}
 
 
