@@ -32,7 +32,8 @@ Evaluators (``evaluators``):
   ``D_r``) with the cost model and wall-clock (``cross_modal_retrieval_adaptive``).
 
 ``sts``, ``text_retrieval``, ``zero_shot`` and ``cross_modal_retrieval`` read their own splits (no labelled ``test/``
-needed); their tables give, for each size, ``kept`` (the score over the full-width score) and ``size_fraction`` (the size over the full width).
+needed); their tables give, for each size, ``kept`` (the score over the full-width score) and ``size_fraction`` (the
+size over the full width).
 
 Every setting of every selected evaluator is checked before anything is written, so a bad one stops the run
 with a one-line :class:`~mrl.errors.ConfigError` and an untouched ``output_dir``. Each evaluator then writes
@@ -631,66 +632,45 @@ def _plot_adaptive_retrieval(rows: Sequence[Mapping[str, Any]], metric: str, pat
 
 
 def _run_adaptive_retrieval(ctx: dict, plan: dict, out: Path) -> list[dict]:
-    from mrl.evaluation.adaptive_retrieval import (adaptive_retrieval, exact_retrieval_mflops, funnel_mflops,
-                                                   funnel_retrieval, retrieval_mflops)
-    from mrl.evaluation.retrieval import (build_index, class_counts, l2_normalize_prefix, labels_of,
-                                          retrieval_metrics, search_index)
+    from mrl.evaluation.adaptive_retrieval import funnel_mflops, funnel_retrieval
+    from mrl.evaluation.retrieval import class_counts, labels_of, retrieval_metrics
 
     train, test = ctx["train"], ctx["test"]
     n, q, width = len(train.labels), len(test.labels), train.width
     k, repeats, method = plan["k"], plan["repeats"], plan["method"]
     counts = class_counts(train.labels)
     db = np.ascontiguousarray(train.embeddings)  # in memory (its stored dtype), as the exact index is
-    progress = _progress("adaptive_retrieval", 1 + len(plan["shortlist_dims"]) + len(plan["funnels"]))
 
     def score(idx: np.ndarray) -> dict[str, float]:
         m = retrieval_metrics(labels_of(idx, train.labels), test.labels, counts, [k])
         return {f"map@{k}": 100.0 * m[f"map@{k}"], "top1": 100.0 * m["top1"]}
 
-    rows: list[dict[str, Any]] = []
-    # reference: exact search on the full width (normalising the queries counts, as it does for the others)
-    full_index = build_index(l2_normalize_prefix(db, width, field="db_emb"), "exact")
-    (_, idx), exact_s = _timed(lambda: search_index(full_index, l2_normalize_prefix(test.embeddings, width,
-                                                                                    field="q_emb"), k), repeats)
-    exact_us = 1e6 * exact_s / q
-    rows.append({"kind": "exact", "D_s": width, "D_r": width, "K": "", **score(idx),
-                 "mflops": exact_retrieval_mflops(n, width), "us_per_query": exact_us, "speedup": 1.0})
-    del full_index
-    progress(f"exact search at {width}")
-    for ds in plan["shortlist_dims"]:
-        index = build_index(l2_normalize_prefix(db, ds, field="db_emb"), method, plan["hnsw_m"],
-                            plan["ef_construction"])
-        for dr in plan["rerank_dims"]:
-            if dr < ds:
-                continue
-            for kk in plan["shortlist_ks"]:
-                idx, sec_s = _timed(lambda: adaptive_retrieval(db, test.embeddings, ds, dr, kk, k, method=method,
-                                                               ef_search=plan["ef_search"], index=index), repeats)
-                us = 1e6 * sec_s / q
-                rows.append({"kind": f"adaptive ({method})", "D_s": ds, "D_r": dr, "K": kk, **score(idx),
-                             "mflops": retrieval_mflops(n, ds, [(kk, dr)]), "us_per_query": us,
-                             "speedup": exact_us / us if us > 0 else float("inf")})
-        progress(f"shortlist size D_s={ds}")
+    headline = f"map@{k}"
+    progress = _progress("adaptive_retrieval", 1 + len(plan["shortlist_dims"]) + len(plan["funnels"]))
+    rows = _adaptive_sweep(db, test.embeddings, plan, k, score, headline, progress)
+    exact_us, exact_mflops = rows[0]["us_per_query"], rows[0]["mflops"]
     for f in plan["funnels"]:
         dims, sizes = f["dims"], f["shortlist_sizes"]
         idx, sec_s = _timed(lambda: funnel_retrieval(db, test.embeddings, dims, sizes, k, method=method,
                                                      hnsw_m=plan["hnsw_m"], ef_search=plan["ef_search"],
                                                      ef_construction=plan["ef_construction"]), repeats)
-        us = 1e6 * sec_s / q
+        row, us, mflops = score(idx), 1e6 * sec_s / q, funnel_mflops(n, dims, sizes)
         rows.append({"kind": f"funnel ({method})", "D_s": dims[0], "D_r": ",".join(map(str, dims[1:])),
-                     "K": ",".join(map(str, sizes)), **score(idx), "mflops": funnel_mflops(n, dims, sizes),
+                     "K": ",".join(map(str, sizes)), **row,
+                     "kept": row[headline] / rows[0][headline] if rows[0][headline] > 0 else float("nan"),
+                     "size_fraction": dims[0] / width, "mflops": mflops, "cost_fraction": mflops / exact_mflops,
                      "us_per_query": us, "speedup": exact_us / us if us > 0 else float("inf")})
         progress(f"funnel {dims}")
     write_table(rows, out, "adaptive_retrieval", f"Adaptive retrieval, {ctx['label']}",
                 [f"database: train ({n} items), queries: test ({q}); shortlist K items by {method} search on "
                  f"the first D_s coordinates, rerank them on D_r, keep the top {k}; map@{k}/top1 in %.",
                  "mflops: the paper's cost model per query, (N*D_s + sum K_i*D_r_i)/1e6 with this database's N; "
-                 "exact: N*d/1e6.",
+                 f"exact: N*d/1e6; cost_fraction: mflops / exact's; kept: {headline} / exact search's at the full "
+                 f"width {width}; size_fraction: D_s / {width}.",
                  f"us_per_query: measured wall-clock per query on this machine (best of {repeats}; queries "
                  "normalised, shortlist search and rerank; the shortlist index is built beforehand, a funnel's "
                  "inside its time); speedup: exact us_per_query / this one."])
-    _plot_adaptive_retrieval(rows, f"map@{k}", out / "adaptive_retrieval.png",
-                                 f"Adaptive retrieval, {ctx['label']}")
+    _plot_adaptive_retrieval(rows, headline, out / "adaptive_retrieval.png", f"Adaptive retrieval, {ctx['label']}")
     return rows
 
 
@@ -817,28 +797,57 @@ def _run_text_retrieval(ctx: dict, plan: dict, out: Path) -> list[dict]:
     _plot(out / "text_retrieval.png", series, f"Text retrieval, {ctx['label']}", "representation size", "%",
           markers=len(rows) <= 32)
     if plan["adaptive"]:
-        _text_adaptive(ctx, plan, out, full, headline, split_names)
+        _text_adaptive(ctx, plan, out, headline, split_names)
     return rows
 
 
-def _text_adaptive(ctx: dict, plan: dict, out: Path, full: float, headline: str, split_names: str) -> list[dict]:
+def _text_adaptive(ctx: dict, plan: dict, out: Path, headline: str, split_names: str) -> list[dict]:
     """Shortlist K documents on the D_s prefix, rerank on D_r: the graded measures of the reranked lists, the
     paper's cost model and the wall-clock, next to exact full-width search (``text_retrieval_adaptive``)."""
-    from mrl.evaluation.adaptive_retrieval import adaptive_retrieval, exact_retrieval_mflops, retrieval_mflops
-    from mrl.evaluation.retrieval import build_index, l2_normalize_prefix, search_index
     from mrl.evaluation.text_retrieval import text_retrieval_metrics
 
     queries, corpus = plan["queries"], plan["corpus"]
-    db, q_emb = np.ascontiguousarray(corpus.embeddings), np.asarray(queries.embeddings)
-    n, q, width, depth = len(db), len(q_emb), corpus.width, plan["depth"]
-    repeats, method = plan["repeats"], plan["method"]
+    n, width, method = len(corpus.embeddings), corpus.width, plan["method"]
     ks = {key: plan[key] for key in ("ndcg_ks", "recall_ks", "mrr_ks")}
-    exact_mflops = exact_retrieval_mflops(n, width)
 
     def scored(ranked: np.ndarray) -> dict[str, float]:
         found = text_retrieval_metrics(ranked, plan["qrels"], n, **ks)
         return _pct(found, [k for k in found if "@" in k])
 
+    rows = _adaptive_sweep(corpus.embeddings, queries.embeddings, plan, plan["depth"], scored, headline,
+                           _progress("text_retrieval (adaptive)", 1 + len(plan["shortlist_dims"])))
+    write_table(rows, out, "text_retrieval_adaptive", f"Adaptive text retrieval (%), {ctx['label']}",
+                [f"{split_names}; shortlist K documents by {method} search on the first D_s coordinates, rerank them "
+                 f"on D_r, keep the top {plan['depth']}.", *_adaptive_notes(headline, width, plan["repeats"])])
+    _plot_adaptive_retrieval(rows, headline, out / "text_retrieval_adaptive.png",
+                             f"Adaptive text retrieval, {ctx['label']}")
+    return rows
+
+
+def _adaptive_notes(headline: str, width: int, repeats: int) -> list[str]:
+    """The column notes of an adaptive-retrieval table written from ``_adaptive_sweep``'s rows."""
+    return [f"kept: {headline} / exact search's at the full width {width}; size_fraction: D_s / {width}; mflops: "
+            "the paper's cost model per query, (N*D_s + K*D_r)/1e6 (exact: N*d/1e6); cost_fraction: mflops / "
+            "exact's.",
+            f"us_per_query: measured wall-clock per query on this machine (best of {repeats}; query "
+            "normalisation, shortlist search and rerank; the shortlist index is built beforehand); speedup: "
+            "exact / this."]
+
+
+def _adaptive_sweep(db: Any, q_emb: Any, plan: dict, depth: int, scored: Callable[[np.ndarray], dict[str, float]],
+                    headline: str, progress: Callable[[int | str], None]) -> list[dict]:
+    """Exact full-width search, then every (D_s, D_r, K) of ``plan`` (``shortlist_dims``, ``rerank_dims``,
+    ``shortlist_ks``, ``method``, ``hnsw_m``, ``ef_construction``, ``ef_search``, ``repeats``): ``db [N, d]`` and
+    ``q_emb [Q, d]`` searched to ``depth``, each ranking ``[Q, depth]`` scored by ``scored``, with the paper's cost
+    model and the best-of-``repeats`` wall-clock per query. One row per setting, the exact one first; ``progress``
+    is told of the exact search and of each shortlist size (``1 + len(shortlist_dims)`` steps)."""
+    from mrl.evaluation.adaptive_retrieval import adaptive_retrieval, exact_retrieval_mflops, retrieval_mflops
+    from mrl.evaluation.retrieval import build_index, l2_normalize_prefix, search_index
+
+    db, q_emb = np.ascontiguousarray(db), np.asarray(q_emb)
+    n, q, width = len(db), len(q_emb), db.shape[1]
+    repeats, method = plan["repeats"], plan["method"]
+    exact_mflops = exact_retrieval_mflops(n, width)
     full_index = build_index(l2_normalize_prefix(db, width, field="db_emb"), "exact")
     (_, idx), exact_s = _timed(lambda: search_index(full_index, l2_normalize_prefix(q_emb, width, field="q_emb"),
                                                     depth), repeats)
@@ -846,7 +855,7 @@ def _text_adaptive(ctx: dict, plan: dict, out: Path, full: float, headline: str,
     exact_us = 1e6 * exact_s / q
     rows = [{"kind": "exact", "D_s": width, "D_r": width, "K": "", **scored(idx), "kept": 1.0, "size_fraction": 1.0,
              "mflops": exact_mflops, "cost_fraction": 1.0, "us_per_query": exact_us, "speedup": 1.0}]
-    progress = _progress("text_retrieval (adaptive)", len(plan["shortlist_dims"]))
+    progress(f"exact search at {width}")
     for ds in plan["shortlist_dims"]:
         index = build_index(l2_normalize_prefix(db, ds, field="db_emb"), method, plan["hnsw_m"],
                             plan["ef_construction"])
@@ -861,17 +870,6 @@ def _text_adaptive(ctx: dict, plan: dict, out: Path, full: float, headline: str,
                              "size_fraction": ds / width, "mflops": mflops, "cost_fraction": mflops / exact_mflops,
                              "us_per_query": us, "speedup": exact_us / us if us > 0 else float("inf")})
         progress(f"shortlist size D_s={ds}")
-    write_table(rows, out, "text_retrieval_adaptive", f"Adaptive text retrieval (%), {ctx['label']}",
-                [f"{split_names}; shortlist K documents by {method} search on the first D_s coordinates, rerank them "
-                 f"on D_r, keep the top {depth}.",
-                 f"kept: {headline} / exact search's at the full width {width}; size_fraction: D_s / {width}; mflops: "
-                 "the paper's cost model per query, (N*D_s + K*D_r)/1e6 (exact: N*d/1e6); cost_fraction: mflops / "
-                 "exact's.",
-                 f"us_per_query: measured wall-clock per query on this machine (best of {repeats}; query "
-                 "normalisation, shortlist search and rerank; the shortlist index is built beforehand); speedup: "
-                 "exact / this."])
-    _plot_adaptive_retrieval(rows, headline, out / "text_retrieval_adaptive.png",
-                             f"Adaptive text retrieval, {ctx['label']}")
     return rows
 
 
@@ -936,54 +934,24 @@ def _run_cross_modal_retrieval(ctx: dict, plan: dict, out: Path) -> list[dict]:
 def _cross_modal_adaptive(ctx: dict, plan: dict, out: Path, split_names: str) -> list[dict]:
     """Text queries over the image database: shortlist K images on the D_s prefix, rerank on D_r; recall@k of the
     reranked lists, the paper's cost model and the wall-clock, next to exact full-width search."""
-    from mrl.evaluation.adaptive_retrieval import adaptive_retrieval, exact_retrieval_mflops, retrieval_mflops
     from mrl.evaluation.image_text import hits_at, qrels_of
-    from mrl.evaluation.retrieval import build_index, l2_normalize_prefix, search_index
 
     split, ks = plan["split"], plan["ks"]
     image_rows, caption_rows, matches = plan["items"]
-    db = np.ascontiguousarray(np.asarray(split.embeddings)[image_rows])
+    db = np.asarray(split.embeddings)[image_rows]
     q_emb = np.asarray(split.text_embeddings)[caption_rows]
     qrels = qrels_of(matches, flip=True)
-    n, q, width, depth = len(db), len(q_emb), split.width, max(ks)
-    repeats, method = plan["repeats"], plan["method"]
-    headline = f"t2i_r@{ks[0]}"
-    exact_mflops = exact_retrieval_mflops(n, width)
+    headline, depth = f"t2i_r@{ks[0]}", max(ks)
 
     def scored(ranked: np.ndarray) -> dict[str, float]:
-        return {f"t2i_r@{k}": 100.0 * v for k, v in hits_at(ranked, qrels, n, ks).items()}
+        return {f"t2i_r@{k}": 100.0 * v for k, v in hits_at(ranked, qrels, len(db), ks).items()}
 
-    full_index = build_index(l2_normalize_prefix(db, width, field="db_emb"), "exact")
-    (_, idx), exact_s = _timed(lambda: search_index(full_index, l2_normalize_prefix(q_emb, width, field="q_emb"),
-                                                    depth), repeats)
-    full_index.reset()
-    exact_us = 1e6 * exact_s / q
-    rows = [{"kind": "exact", "D_s": width, "D_r": width, "K": "", **scored(idx), "kept": 1.0, "size_fraction": 1.0,
-             "mflops": exact_mflops, "cost_fraction": 1.0, "us_per_query": exact_us, "speedup": 1.0}]
-    progress = _progress("cross_modal_retrieval (adaptive)", len(plan["shortlist_dims"]))
-    for ds in plan["shortlist_dims"]:
-        index = build_index(l2_normalize_prefix(db, ds, field="db_emb"), method, plan["hnsw_m"],
-                            plan["ef_construction"])
-        for dr in [d for d in plan["rerank_dims"] if d >= ds]:
-            for kk in plan["shortlist_ks"]:
-                idx, sec_s = _timed(lambda: adaptive_retrieval(db, q_emb, ds, dr, kk, depth, method=method,
-                                                               ef_search=plan["ef_search"], index=index), repeats)
-                row = scored(idx)
-                us, mflops = 1e6 * sec_s / q, retrieval_mflops(n, ds, [(kk, dr)])
-                rows.append({"kind": f"adaptive ({method})", "D_s": ds, "D_r": dr, "K": kk, **row,
-                             "kept": row[headline] / rows[0][headline] if rows[0][headline] > 0 else float("nan"),
-                             "size_fraction": ds / width, "mflops": mflops, "cost_fraction": mflops / exact_mflops,
-                             "us_per_query": us, "speedup": exact_us / us if us > 0 else float("inf")})
-        progress(f"shortlist size D_s={ds}")
+    rows = _adaptive_sweep(db, q_emb, plan, depth, scored, headline,
+                           _progress("cross_modal_retrieval (adaptive)", 1 + len(plan["shortlist_dims"])))
     write_table(rows, out, "cross_modal_retrieval_adaptive", f"Adaptive text->image retrieval (%), {ctx['label']}",
-                [f"{split_names}; caption queries over the image database: shortlist K images by {method} search on "
-                 f"the first D_s coordinates, rerank them on D_r, keep the top {depth}.",
-                 f"kept: {headline} / exact search's at the full width {width}; size_fraction: D_s / {width}; mflops: "
-                 "the paper's cost model per query, (N*D_s + K*D_r)/1e6 (exact: N*d/1e6); cost_fraction: mflops / "
-                 "exact's.",
-                 f"us_per_query: measured wall-clock per query on this machine (best of {repeats}; query "
-                 "normalisation, shortlist search and rerank; the shortlist index is built beforehand); speedup: "
-                 "exact / this."])
+                [f"{split_names}; caption queries over the image database: shortlist K images by {plan['method']} "
+                 f"search on the first D_s coordinates, rerank them on D_r, keep the top {depth}.",
+                 *_adaptive_notes(headline, split.width, plan["repeats"])])
     _plot_adaptive_retrieval(rows, headline, out / "cross_modal_retrieval_adaptive.png",
                              f"Adaptive text->image retrieval, {ctx['label']}")
     return rows
