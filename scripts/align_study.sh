@@ -9,6 +9,7 @@
 #   COMMIT=1 scripts/align_study.sh [extra train overrides]
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source scripts/lib/outputs.sh
 PY=${PY:-python}
 STUDY_DIR=${STUDY_DIR:-logs/align_cifar10} RESULTS_DIR=${RESULTS_DIR:-results/align_cifar10}
 MODELS=${MODELS:-mrl ff128 ff8 ff32} COMMIT=${COMMIT:-0}
@@ -37,14 +38,6 @@ for name in $MODELS; do
       "output_dir=$dir/eval" "hydra.run.dir=$dir/eval/hydra"
     touch "$dir/eval/DONE"
   fi
-  rm -rf "$out" && mkdir -p "$out" && out=$(realpath "$out")
-  (cd "$dir" && find . \( -name checkpoints -o -name wandb -o -name '*.npy' \) -prune -o -type f \
-      \( -name '*.csv' -o -name '*.json' -o -name '*.md' -o -name '*.yaml' -o -name '*.txt' -o -name '*.log' \) -print0 |
-    xargs -0 -I{} cp --parents {} "$out/")
-  date -u +%Y-%m-%dT%H:%M:%SZ > "$out/DONE"
-  if [[ $COMMIT == 1 ]]; then
-    (cd "$out" && git add . && git commit -q -m "Study align_cifar10: $name (metrics, evaluator tables, configs, commands)" -- .) \
-      || echo "could not commit $out: commit it by hand" >&2
-  fi
+  collect_outputs "$dir" "$out" "Study align_cifar10: $name (metrics, evaluator tables, configs, commands)"
 done
 "$PY" scripts/align_report.py --runs "$RESULTS_DIR/runs" --out "$RESULTS_DIR"

@@ -14,6 +14,7 @@
 # a cut-short training resumes from its newest checkpoint (resume=auto).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source scripts/lib/outputs.sh
 PY=${PY:-python}
 DATA_DIR=${DATA_DIR:?set DATA_DIR to the folder holding text/sst2, text/ag_news and text/snli (../shared/data)}
 STUDY_DIR=${STUDY_DIR:-logs/mlm_study}
@@ -57,22 +58,7 @@ train_model() {
 collect_model() {  # the small outputs of a finished model into results, committed with COMMIT=1
   local name=$1 dir=$STUDY_DIR/$1 out=$RESULTS_DIR/runs/$1
   if committed "$name" || [[ ! -f $dir/metrics_by_dim.json ]]; then return; fi
-  rm -rf "$out" && mkdir -p "$out" && out=$(realpath "$out")
-  (cd "$dir" && find . \( -name checkpoints -o -name wandb \) -prune -o -type f \
-      \( -name '*.csv' -o -name '*.json' -o -name '*.md' -o -name '*.yaml' -o -name '*.txt' -o -name '*.log' \) \
-      -print0 |
-    xargs -0 -I{} cp --parents {} "$out/")
-  date -u +%Y-%m-%dT%H:%M:%SZ > "$out/DONE"
-  if [[ $COMMIT == 1 ]]; then
-    local try
-    for try in 1 2 3 4 5 6; do  # another session's git command may hold the index lock for a moment
-      if (cd "$out" && git add . && git commit -q -m "Study mlm: $name (metrics, logs, config, command)" -- .); then
-        echo "committed $out"; return
-      fi
-      sleep $((try * 5))
-    done
-    echo "could not commit $out: commit it by hand" >&2
-  fi
+  collect_outputs "$dir" "$out" "Study mlm: $name (metrics, logs, config, command)"
 }
 
 for name in $MODELS; do

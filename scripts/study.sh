@@ -15,6 +15,7 @@
 # started side by side split the models between them (per-model locks).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source scripts/lib/outputs.sh
 PY=${PY:-python}
 STUDY_DIR=${STUDY_DIR:?set STUDY_DIR to the folder for checkpoints and embeddings}
 RESULTS_DIR=${RESULTS_DIR:?set RESULTS_DIR to the results folder (runs/<model>/ and the report)}
@@ -86,22 +87,7 @@ evaluate_model() {
 collect_model() {  # the small outputs of a finished model into results, committed with COMMIT=1
   local name=$1 dir=$STUDY_DIR/$1 out=$RESULTS_DIR/runs/$1
   if committed "$name" || [[ ! -f $dir/eval/DONE ]]; then return; fi
-  rm -rf "$out" && mkdir -p "$out" && out=$(realpath "$out")
-  (cd "$dir" && find . \( -name checkpoints -o -name wandb -o -name '*.npy' \) -prune -o -type f \
-      \( -name '*.csv' -o -name '*.json' -o -name '*.md' -o -name '*.yaml' -o -name '*.txt' -o -name '*.log' \) -print0 |
-    xargs -0 -I{} cp --parents {} "$out/")
-  date -u +%Y-%m-%dT%H:%M:%SZ > "$out/DONE"
-  if [[ $COMMIT == 1 ]]; then
-    # Retried: a git command of someone working in the same checkout may hold the index lock for a moment.
-    local try
-    for try in 1 2 3 4 5 6; do
-      if (cd "$out" && git add . && git commit -q -m "Study $(basename "$RESULTS_DIR"): $name (metrics, curves, evaluator tables, configs, commands)" -- .); then
-        echo "committed $out"; return
-      fi
-      sleep $((try * 5))
-    done
-    echo "could not commit $out: commit it by hand" >&2
-  fi
+  collect_outputs "$dir" "$out" "Study $(basename "$RESULTS_DIR"): $name (metrics, curves, evaluator tables, configs, commands)"
 }
 
 locked() {  # locked NAME PART COMMAND...: COMMAND NAME while holding NAME's PART lock (train | eval), or skip it

@@ -19,7 +19,7 @@ from __future__ import annotations
 import os
 import shutil
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -603,6 +603,19 @@ class ShardsDataModule(ImageDataModule):
 
 
 @register_datamodule("text")
+def adopt_text_encoder(datamodule: Any, encoder: Mapping[str, Any], owner: str = "encoder") -> None:
+    """Point ``datamodule``'s ``tokenizer_name``/``max_length`` at a checkpoint's text encoder (its ``name`` and
+    ``max_length`` settings; ``owner`` names it in the error): fills the ones left unset (``scripts/embed.py`` has no
+    model config) and refuses, with one line, ones set to another model's."""
+    name, limit = encoder.get("name"), encoder.get("max_length", 128)
+    for field, mine, theirs in (("tokenizer", datamodule.tokenizer_name, name),
+                                ("max_length", datamodule.max_length, limit)):
+        if mine is not None and mine != theirs:
+            raise ConfigError(f"data.{field}", f"is {mine!r} but the checkpoint's {owner} has {theirs!r}",
+                              f"set data.{field}={theirs} or leave it unset (null)")
+    datamodule.tokenizer_name, datamodule.max_length = name, limit
+
+
 class TextDataModule(ClassificationDataModule):
     """Text classification (:mod:`mrl.data.text`): a shared format (``trec``, ``sst2``, ``ag_news``), local
     ``tsv``/``csv``/``jsonl`` files with the columns named in config, or a Hugging Face data set (``hf``, by name,
@@ -641,12 +654,7 @@ class TextDataModule(ClassificationDataModule):
     def use_encoder(self, encoder: dict[str, Any]) -> None:
         """Tokenise for ``encoder`` (a checkpoint's ``backbone`` settings): fills ``tokenizer``/``max_length``
         left unset (``scripts/embed.py`` has no model config), and refuses ones set to another model's."""
-        name, limit = encoder.get("name"), encoder.get("max_length", 128)
-        for field, mine, theirs in (("tokenizer", self.tokenizer_name, name), ("max_length", self.max_length, limit)):
-            if mine is not None and mine != theirs:
-                raise ConfigError(f"data.{field}", f"is {mine!r} but the checkpoint's encoder has {theirs!r}",
-                                  f"set data.{field}={theirs} or leave it unset (null)")
-        self.tokenizer_name, self.max_length = name, limit
+        adopt_text_encoder(self, encoder)
 
     def prepare_data(self) -> None:
         """Lightning calls this once per node (local rank 0) before :meth:`setup` on every rank: the one

@@ -37,8 +37,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Subset
 
-from mrl.data.datamodules import (ARCHIVE_SUFFIXES, DEFAULT_CACHE_DIR, TRANSFORMS, ImageDataModule, check_fraction,
-                                  register_datamodule, stratified_holdout)
+from mrl.data.datamodules import (ARCHIVE_SUFFIXES, DEFAULT_CACHE_DIR, TRANSFORMS, ImageDataModule, adopt_text_encoder,
+                                  check_fraction, register_datamodule, stratified_holdout)
 from mrl.data.image_folder import (IMAGE_EXTENSIONS, _is_image_ok, check_same_classes, extract_archive,
                                    find_split_root, load_rgb, scan_image_folder)
 from mrl.errors import ConfigError
@@ -250,13 +250,7 @@ class ImageTextDataModule(ImageDataModule):
     def use_encoder(self, encoder: Mapping[str, Any]) -> None:
         """Tokenise for a checkpoint's dual encoder (its ``backbone`` settings): fills ``tokenizer``/``max_length``
         left unset (``scripts/embed.py`` has no model config) and refuses ones set to another model's."""
-        text = dict(encoder.get("text") or {})
-        name, limit = text.get("name"), text.get("max_length", 128)
-        for field, mine, theirs in (("tokenizer", self.tokenizer_name, name), ("max_length", self.max_length, limit)):
-            if mine is not None and mine != theirs:
-                raise ConfigError(f"data.{field}", f"is {mine!r} but the checkpoint's text tower has {theirs!r}",
-                                  f"set data.{field}={theirs} or leave it unset (null)")
-        self.tokenizer_name, self.max_length = name, limit
+        adopt_text_encoder(self, dict(encoder.get("text") or {}), owner="text tower")
 
     # ------------------------------------------------------------------------------------------ reading
 

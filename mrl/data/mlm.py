@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from mrl.data.datamodules import ClassificationDataModule, register_datamodule
+from mrl.data.datamodules import ClassificationDataModule, adopt_text_encoder, register_datamodule
 from mrl.data.text import _read_lines, _shorten, load_text_split
 from mrl.errors import ConfigError
 
@@ -448,12 +448,7 @@ class MLMTextDataModule(ClassificationDataModule):
 
     def use_encoder(self, encoder: dict[str, Any]) -> None:
         """As :meth:`mrl.data.datamodules.TextDataModule.use_encoder`: tokenise for a checkpoint's encoder."""
-        name, limit = encoder.get("name"), encoder.get("max_length", 128)
-        for field, mine, theirs in (("tokenizer", self.tokenizer_name, name), ("max_length", self.max_length, limit)):
-            if mine is not None and mine != theirs:
-                raise ConfigError(f"data.{field}", f"is {mine!r} but the checkpoint's encoder has {theirs!r}",
-                                  f"set data.{field}={theirs} or leave it unset (null)")
-        self.tokenizer_name, self.max_length = name, limit
+        adopt_text_encoder(self, encoder)
 
     def split_signature(self) -> dict[str, Any]:
         """The base's, plus what decides the held-out texts and their masks, and what each source reads (not the

@@ -36,7 +36,7 @@ from torch.utils.data import Dataset, Subset
 
 from mrl.data.datamodules import ClassificationDataModule, TextDataModule, check_fraction, register_datamodule
 from mrl.data.text import (TokenizeCollate, _delimited_records, _existing_file, _no_rows, _read_lines, _shorten,
-                           load_hf_split, resolve_split_path)
+                           checked_name_list, load_hf_split, resolve_split_path)
 from mrl.errors import ConfigError
 
 ROOT_FIELD = "data.root"
@@ -193,15 +193,9 @@ class TextPairsDataset(Dataset):
 
 def _checked_columns(columns: Any, score_column: Any) -> list[str]:
     """The text column names (as strings: header names, JSON keys, or positions of a header-less file)."""
-    if isinstance(columns, (str, bytes)) or not isinstance(columns, Sequence):
-        raise ConfigError(COLUMNS_FIELD, f"expected a list of column names, got {columns!r}",
-                          "e.g. [anchor, positive], [anchor, positive, negative] or [sentence1, sentence2]")
-    names = []
-    for column in columns:
-        if isinstance(column, bool) or not isinstance(column, (str, int)) or not str(column).strip():
-            raise ConfigError(COLUMNS_FIELD, f"column names must be non-empty strings (or positions), got {column!r}",
-                              "list the anchor, positive[, negative] columns")
-        names.append(str(column).strip())
+    names = checked_name_list(columns, COLUMNS_FIELD, "column names",
+                              "e.g. [anchor, positive], [anchor, positive, negative] or [sentence1, sentence2]",
+                              "list the anchor, positive[, negative] columns (names or positions)")
     if len(names) < 2 or len(set(names)) != len(names):
         raise ConfigError(COLUMNS_FIELD, f"is {names}: needs at least two distinct columns",
                           "list the anchor, positive[, negative] columns")

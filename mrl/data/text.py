@@ -104,20 +104,26 @@ def _checked_class_names(class_names: Sequence[str] | None) -> list[str] | None:
     """``class_names`` as a list of distinct non-empty strings, or None when not given."""
     if class_names is None:
         return None
-    if isinstance(class_names, (str, bytes)) or not isinstance(class_names, Iterable):
-        raise ConfigError(CLASS_NAMES_FIELD, f"expected a list of class names, got {class_names!r}",
-                          "write it as a list, e.g. [negative, positive]")
-    names = []
-    for name in class_names:
-        if isinstance(name, bool) or not isinstance(name, (str, int)) or not str(name).strip():
-            raise ConfigError(CLASS_NAMES_FIELD, f"class names must be non-empty strings, got {name!r}",
+    names = checked_name_list(class_names, CLASS_NAMES_FIELD, "class names", "e.g. [negative, positive]",
                               "list one name per class")
-        names.append(str(name).strip())
     if not names:
         raise ConfigError(CLASS_NAMES_FIELD, "is an empty list", "list one name per class, or leave it unset")
     duplicates = sorted({name for name in names if names.count(name) > 1})
     if duplicates:
         raise ConfigError(CLASS_NAMES_FIELD, f"has duplicate names {duplicates}", "list each class once")
+    return names
+
+
+def checked_name_list(value: Any, field: str, what: str, example: str, fix: str) -> list[str]:
+    """``value`` (config field ``field``, a list of ``what``) as a list of stripped non-empty strings; integers
+    (column positions) become strings. Anything else stops with one line naming the field, ``example`` and ``fix``."""
+    if isinstance(value, (str, bytes)) or not isinstance(value, Iterable):
+        raise ConfigError(field, f"expected a list of {what}, got {value!r}", f"write it as a list, {example}")
+    names = []
+    for name in value:
+        if isinstance(name, bool) or not isinstance(name, (str, int)) or not str(name).strip():
+            raise ConfigError(field, f"{what} must be non-empty strings, got {name!r}", fix)
+        names.append(str(name).strip())
     return names
 
 
