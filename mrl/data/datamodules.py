@@ -19,7 +19,7 @@ from __future__ import annotations
 import os
 import shutil
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -216,6 +216,19 @@ class ClassificationDataModule(L.LightningDataModule):
         self.val_set = Subset(source, order)
 
 
+def resolve_folder_root(root: Any, cache_dir: Path, splits: Sequence[str]) -> Path:
+    """The folder holding the ``splits`` subfolders of an ImageFolder tree given as ``data.root``: the folder itself
+    or one level below, or the same inside a ``.tar.gz``/``.zip`` archive, extracted once into ``cache_dir``."""
+    if not root:
+        raise ConfigError("data.root", "is not set", "set data.root=/path/to/data (an ImageFolder tree or archive)")
+    path = Path(str(root)).expanduser()
+    if not path.exists():
+        raise ConfigError("data.root", f"{path} does not exist", "set data.root to an existing folder or archive")
+    if path.is_file() and path.name.endswith(ARCHIVE_SUFFIXES):
+        path = extract_archive(path, cache_dir)
+    return find_split_root(path, tuple(splits))
+
+
 class ImageDataModule(ClassificationDataModule):
     """Image data: ``image_size`` and ``in_chans`` (what an image encoder is built for), batches
     ``{"image": [B, C, H, W], "label": [B]}``."""
@@ -352,14 +365,7 @@ class FolderDataModule(ImageDataModule):
         self.eval_split = eval_split or self.eval_split
 
     def _resolve_root(self) -> Path:
-        if not self.root:
-            raise ConfigError("data.root", "is not set", "set data.root=/path/to/data (an ImageFolder tree or archive)")
-        root = Path(str(self.root)).expanduser()
-        if not root.exists():
-            raise ConfigError("data.root", f"{root} does not exist", "set data.root to an existing folder or archive")
-        if root.is_file() and root.name.endswith(ARCHIVE_SUFFIXES):
-            root = extract_archive(root, self.cache_dir)
-        return find_split_root(root, (self.train_split, self.eval_split))
+        return resolve_folder_root(self.root, self.cache_dir, (self.train_split, self.eval_split))
 
     transforms = staticmethod(imagenet_transforms)
 

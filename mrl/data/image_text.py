@@ -37,10 +37,9 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Subset
 
-from mrl.data.datamodules import (ARCHIVE_SUFFIXES, DEFAULT_CACHE_DIR, TRANSFORMS, ImageDataModule, adopt_text_encoder,
-                                  check_fraction, register_datamodule, stratified_holdout)
-from mrl.data.image_folder import (IMAGE_EXTENSIONS, _is_image_ok, check_same_classes, extract_archive,
-                                   find_split_root, load_rgb, scan_image_folder)
+from mrl.data.datamodules import (DEFAULT_CACHE_DIR, TRANSFORMS, ImageDataModule, adopt_text_encoder, check_fraction,
+                                  register_datamodule, resolve_folder_root, stratified_holdout)
+from mrl.data.image_folder import IMAGE_EXTENSIONS, _is_image_ok, check_same_classes, load_rgb, scan_image_folder
 from mrl.errors import ConfigError
 
 FORMATS = ("imagefolder", "csv", "tsv")
@@ -262,14 +261,6 @@ class ImageTextDataModule(ImageDataModule):
                 Path(str(self.root)).expanduser() / f"{split}.{self.format}"
         return files
 
-    def _folder_root(self) -> Path:
-        root = Path(str(self.root)).expanduser()
-        if not root.exists():
-            raise ConfigError("data.root", f"{root} does not exist", "set data.root to an existing folder or archive")
-        if root.is_file() and root.name.endswith(ARCHIVE_SUFFIXES):
-            root = extract_archive(root, self.cache_dir)
-        return find_split_root(root, (self.train_split, self.eval_split))
-
     def _build(self) -> None:
         from mrl.encoders import TEXT_PREFIX
         from mrl.encoders.text import load_tokenizer
@@ -279,7 +270,7 @@ class ImageTextDataModule(ImageDataModule):
                               "set data.tokenizer=${model.backbone.text.name} and data.max_length (the presets do)")
         train_transform, eval_transform = TRANSFORMS[self.transform](self.image_size)
         if self.format == "imagefolder":
-            root = self._folder_root()
+            root = resolve_folder_root(self.root, self.cache_dir, (self.train_split, self.eval_split))
             scan = dict(bad_images=self.bad_pairs, verify=self.verify_images)
             try:
                 classes, train_samples = scan_image_folder(root / self.train_split, "data.root", **scan)

@@ -23,7 +23,6 @@ contradiction dropped).
 from __future__ import annotations
 
 import csv
-import json
 import math
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -36,7 +35,7 @@ from torch.utils.data import Dataset, Subset
 
 from mrl.data.datamodules import ClassificationDataModule, TextDataModule, check_fraction, register_datamodule
 from mrl.data.text import (TokenizeCollate, _delimited_records, _existing_file, _no_rows, _read_lines, _shorten,
-                           checked_name_list, load_hf_split, resolve_split_path)
+                           checked_name_list, jsonl_records, load_hf_split, resolve_split_path)
 from mrl.errors import ConfigError
 
 ROOT_FIELD = "data.root"
@@ -289,7 +288,8 @@ def read_pair_file(path: str | Path, format: str = "tsv", *, columns: Sequence[s
     limits = _checked_score_range(score_range)
     path = _existing_file(path)
     if format == "jsonl":
-        return _pairs_from_records(_jsonl_records(path, encoding), path, names, score_name, limits)
+        return _pairs_from_records(((f"line {number}", record) for number, record in jsonl_records(
+            path, encoding, '{"anchor": ..., "positive": ...}')), path, names, score_name, limits)
     delimiter, quoting = ("\t", csv.QUOTE_NONE) if format == "tsv" else (",", csv.QUOTE_MINIMAL)
     records = _delimited_records(path, delimiter, quoting, encoding)
     if not records:
@@ -314,21 +314,6 @@ def read_pair_file(path: str | Path, format: str = "tsv", *, columns: Sequence[s
             yield f"line {number}", dict(zip(header, fields))
 
     return _pairs_from_records(keyed(), path, names, score_name, limits)
-
-
-def _jsonl_records(path: Path, encoding: str) -> Iterator[tuple[str, dict[str, Any]]]:
-    for number, line in _read_lines(path, encoding):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise ConfigError(FORMAT_FIELD, f"{path} line {number} is not valid JSON ({exc.msg})",
-                              "each line must be one JSON object") from None
-        if not isinstance(record, dict):
-            raise ConfigError(FORMAT_FIELD, f"{path} line {number} is a JSON {type(record).__name__}, not an object",
-                              'each line must be one object like {"anchor": ..., "positive": ...}')
-        yield f"line {number}", record
 
 
 def read_stsb_pairs(path: str | Path, encoding: str = "utf-8") -> TextPairsDataset:

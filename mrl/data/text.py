@@ -372,11 +372,9 @@ def read_csv(path: str | Path, *, text_column: str | int | None = None, label_co
                            class_names=class_names, encoding=encoding, quoting=csv.QUOTE_MINIMAL)
 
 
-def read_jsonl(path: str | Path, *, text_column: str = "text", label_column: str = "label",
-               class_names: Sequence[str] | None = None, encoding: str = "utf-8") -> TextClassificationDataset:
-    """JSON lines: one object per line holding a text string and a label (a class name or an index 0..C-1)."""
-    path = _existing_file(path)
-    rows = []
+def jsonl_records(path: Path, encoding: str, example: str) -> Iterator[tuple[int, dict[str, Any]]]:
+    """``(line number, object)`` for each non-blank line of a JSON-lines file; a line that is not a JSON object stops
+    with one line naming the file, the line and the ``example`` object expected."""
     for number, line in _read_lines(path, encoding):
         if not line.strip():
             continue
@@ -386,8 +384,17 @@ def read_jsonl(path: str | Path, *, text_column: str = "text", label_column: str
             raise ConfigError(FORMAT_FIELD, f"{path} line {number} is not valid JSON ({exc.msg})",
                               "each line must be one JSON object; check data.format") from None
         if not isinstance(record, dict):
-            raise ConfigError(FORMAT_FIELD, f"{path} line {number} is a JSON {type(record).__name__}, not an "
-                              "object", "each line must be one JSON object like {\"text\": ..., \"label\": ...}")
+            raise ConfigError(FORMAT_FIELD, f"{path} line {number} is a JSON {type(record).__name__}, not an object",
+                              f"each line must be one JSON object like {example}")
+        yield number, record
+
+
+def read_jsonl(path: str | Path, *, text_column: str = "text", label_column: str = "label",
+               class_names: Sequence[str] | None = None, encoding: str = "utf-8") -> TextClassificationDataset:
+    """JSON lines: one object per line holding a text string and a label (a class name or an index 0..C-1)."""
+    path = _existing_file(path)
+    rows = []
+    for number, record in jsonl_records(path, encoding, '{"text": ..., "label": ...}'):
         for field, column in ((TEXT_FIELD, text_column), (LABEL_FIELD, label_column)):
             if column not in record:
                 keys = _shorten([repr(key) for key in sorted(map(str, record))])
