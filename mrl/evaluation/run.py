@@ -247,15 +247,7 @@ def _plan_adaptive_retrieval(ctx: dict, cfg: dict) -> dict[str, Any]:
     s, train, nesting = cfg[sec], ctx["train"], ctx["nesting_dims"]
     n, width = len(train.labels), train.width
     k = _check_int(s["k"], f"{sec}.k", 1, n, f"the database size {n}")
-    shortlist_dims = (_sizes(s["shortlist_dims"], f"{sec}.shortlist_dims", width) if s["shortlist_dims"] is not None
-                      else [d for d in nesting if d < width] or [nesting[0]])
-    rerank_dims = _sizes(s["rerank_dims"], f"{sec}.rerank_dims", width) if s["rerank_dims"] is not None else [width]
-    shortlist_ks = _int_list(s["shortlist_ks"], f"{sec}.shortlist_ks")
-    for kk in shortlist_ks:
-        if not k <= kk <= n:
-            raise ConfigError(f"{sec}.shortlist_ks", f"K={kk} must lie between k={k} and the database size {n}")
-    with _Section(sec, s):
-        search = check_search_settings(s["method"], s["hnsw_m"], s["ef_search"], s["ef_construction"])
+    sweep = _adaptive_settings(s, sec, nesting, width, k, n, f"the database size {n}")
     funnels = s["funnels"]
     if funnels == "auto":
         auto = _auto_funnel(nesting, width, n, k)
@@ -273,8 +265,27 @@ def _plan_adaptive_retrieval(ctx: dict, cfg: dict) -> dict[str, Any]:
         with _Section(f"{sec}.funnels[{i}]", ("dims", "shortlist_sizes", "k")):
             dims, sizes, _ = check_funnel(f["dims"], f["shortlist_sizes"], k, width, n)
         checked.append({"dims": dims, "shortlist_sizes": sizes})
-    return {"k": k, "repeats": _check_int(s["repeats"], f"{sec}.repeats", 1), "shortlist_dims": shortlist_dims,
-            "rerank_dims": rerank_dims, "shortlist_ks": shortlist_ks, "funnels": checked, **search}
+    return {"k": k, "funnels": checked, **sweep}
+
+
+def _adaptive_settings(s: Mapping[str, Any], sec: str, nesting: Sequence[int], width: int, depth: int, n: int,
+                       limit: str) -> dict[str, Any]:
+    """The checked settings of an adaptive-retrieval sweep (``_adaptive_sweep``) from section ``sec``'s ``s``:
+    shortlist and rerank sizes (by default every trained size below ``width``, and ``width``), shortlist lengths K
+    between the evaluated ``depth`` and the ``n`` searchable items (``limit`` says what n counts), the search method
+    and its settings, and the timing repeats."""
+    shortlist_dims = (_sizes(s["shortlist_dims"], f"{sec}.shortlist_dims", width) if s["shortlist_dims"] is not None
+                      else [d for d in nesting if d < width] or [nesting[0]])
+    rerank_dims = _sizes(s["rerank_dims"], f"{sec}.rerank_dims", width) if s["rerank_dims"] is not None else [width]
+    shortlist_ks = _int_list(s["shortlist_ks"], f"{sec}.shortlist_ks")
+    for kk in shortlist_ks:
+        if not depth <= kk <= n:
+            raise ConfigError(f"{sec}.shortlist_ks", f"K={kk} must lie between the deepest cut-off {depth} and "
+                              f"{limit}", f"use shortlist lengths in {depth}..{n}")
+    with _Section(sec, s):
+        search = check_search_settings(s["method"], s["hnsw_m"], s["ef_search"], s["ef_construction"])
+    return {"shortlist_dims": shortlist_dims, "rerank_dims": rerank_dims, "shortlist_ks": shortlist_ks,
+            "repeats": _check_int(s["repeats"], f"{sec}.repeats", 1), **search}
 
 
 def _check_baselines(ctx: dict) -> None:
@@ -389,18 +400,7 @@ def _plan_text_retrieval(ctx: dict, cfg: dict) -> dict[str, Any]:
             "adaptive": _check_bool(s["adaptive"], f"{sec}.adaptive")}
     if not plan["adaptive"]:
         return plan
-    shortlist_dims = (_sizes(s["shortlist_dims"], f"{sec}.shortlist_dims", width) if s["shortlist_dims"] is not None
-                      else [d for d in nesting if d < width] or [nesting[0]])
-    rerank_dims = _sizes(s["rerank_dims"], f"{sec}.rerank_dims", width) if s["rerank_dims"] is not None else [width]
-    shortlist_ks = _int_list(s["shortlist_ks"], f"{sec}.shortlist_ks")
-    for kk in shortlist_ks:
-        if not depth <= kk <= n:
-            raise ConfigError(f"{sec}.shortlist_ks", f"K={kk} must lie between the deepest cut-off {depth} and the "
-                              f"corpus size {n}", f"use shortlist lengths in {depth}..{n}")
-    with _Section(sec, s):
-        search = check_search_settings(s["method"], s["hnsw_m"], s["ef_search"], s["ef_construction"])
-    return {**plan, "shortlist_dims": shortlist_dims, "rerank_dims": rerank_dims, "shortlist_ks": shortlist_ks,
-            "repeats": _check_int(s["repeats"], f"{sec}.repeats", 1), **search}
+    return {**plan, **_adaptive_settings(s, sec, nesting, width, depth, n, f"the corpus size {n}")}
 
 
 def _image_text_split(ctx: dict, sec: str, what: str):
@@ -455,19 +455,8 @@ def _plan_cross_modal_retrieval(ctx: dict, cfg: dict) -> dict[str, Any]:
             "adaptive": _check_bool(s["adaptive"], f"{sec}.adaptive")}
     if not plan["adaptive"]:
         return plan
-    width, n, depth = split.width, len(image_rows), max(ks)
-    shortlist_dims = (_sizes(s["shortlist_dims"], f"{sec}.shortlist_dims", width) if s["shortlist_dims"] is not None
-                      else [d for d in nesting if d < width] or [nesting[0]])
-    rerank_dims = _sizes(s["rerank_dims"], f"{sec}.rerank_dims", width) if s["rerank_dims"] is not None else [width]
-    shortlist_ks = [k for k in _int_list(s["shortlist_ks"], f"{sec}.shortlist_ks")]
-    for kk in shortlist_ks:
-        if not depth <= kk <= n:
-            raise ConfigError(f"{sec}.shortlist_ks", f"K={kk} must lie between the deepest cut-off {depth} and the "
-                              f"{n} distinct images", f"use shortlist lengths in {depth}..{n}")
-    with _Section(sec, s):
-        search = check_search_settings(s["method"], s["hnsw_m"], s["ef_search"], s["ef_construction"])
-    return {**plan, "shortlist_dims": shortlist_dims, "rerank_dims": rerank_dims, "shortlist_ks": shortlist_ks,
-            "repeats": _check_int(s["repeats"], f"{sec}.repeats", 1), **search}
+    n = len(image_rows)
+    return {**plan, **_adaptive_settings(s, sec, nesting, split.width, max(ks), n, f"the {n} distinct images")}
 
 
 REEMBED_HINT = "re-run scripts/embed.py for this split with the dual_encoder checkpoint"
