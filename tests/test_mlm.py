@@ -144,8 +144,12 @@ def test_accuracy_counts_every_masked_token_once_over_batches_and_ranks():
     labels_a[0, 1] = 3                                   # one masked token
     labels_b = torch.full((2, 3), IGNORE_INDEX)
     labels_b[0, 0], labels_b[1, 1], labels_b[1, 2] = 1, 2, 5  # three masked tokens
-    right = lambda targets: torch.nn.functional.one_hot(targets, V).double() * 5
-    wrong = lambda targets: torch.nn.functional.one_hot((targets + 1) % V, V).double() * 5
+    def right(targets):
+        return torch.nn.functional.one_hot(targets, V).double() * 5
+
+    def wrong(targets):
+        return torch.nn.functional.one_hot((targets + 1) % V, V).double() * 5
+
     # size 2: right on the first batch only (1 of 4); size 8: right everywhere but one token of batch b (3 of 4)
     targets_b = torch.tensor([1, 2, 5])
     out_b8 = right(targets_b)

@@ -34,8 +34,8 @@ import torch
 from torch.utils.data import Dataset, Subset
 
 from mrl.data.datamodules import ClassificationDataModule, TextDataModule, check_fraction, register_datamodule
-from mrl.data.text import (TokenizeCollate, _delimited_records, _existing_file, _no_rows, _read_lines, _shorten,
-                           checked_name_list, jsonl_records, load_hf_split, resolve_split_path)
+from mrl.data.text import (TokenizeCollate, _checked_text, _delimited_records, _existing_file, _no_rows, _read_lines,
+                           _shorten, checked_name_list, jsonl_records, load_hf_split, resolve_split_path)
 from mrl.errors import ConfigError
 
 ROOT_FIELD = "data.root"
@@ -220,17 +220,6 @@ def _checked_score_range(score_range: Any) -> tuple[float, float] | None:
     return low, high
 
 
-def _pair_text(value: Any, source: str | Path, line: str, column: str) -> str:
-    if not isinstance(value, str):
-        raise ConfigError(COLUMNS_FIELD, f"column {column!r} at {source} {line} holds {type(value).__name__} "
-                          f"{value!r}, not a text", "check the column names")
-    text = value.strip()
-    if not text:
-        raise ConfigError(COLUMNS_FIELD, f"empty text in column {column!r} at {source} {line}",
-                          "remove or fill the row")
-    return text
-
-
 def _pair_score(value: Any, source: str | Path, line: str, column: str,
                 score_range: tuple[float, float] | None) -> float:
     score = float("nan")
@@ -262,7 +251,8 @@ def _pairs_from_records(records: Iterable[tuple[str, Mapping[str, Any]]], source
                 keys = _shorten([repr(key) for key in record])
                 raise ConfigError(field, f"column {column!r} is missing at {source} {where}; the row has {keys}",
                                   "fix the row, or name the source's columns in its options")
-        rows.append(tuple(_pair_text(record[c], source, where, c) for c in columns))
+        rows.append(tuple(_checked_text(record[c], source, where, c, COLUMNS_FIELD, "check the column names")
+                          for c in columns))
         if score_column is not None:
             scores.append(_pair_score(record[score_column], source, where, score_column, score_range))
     if not rows:

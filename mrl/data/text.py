@@ -190,14 +190,17 @@ def _build_dataset(rows: list[tuple[str, str | int, int]], source: str | Path,
     return TextClassificationDataset(texts, labels, names, source=source)
 
 
-def _checked_text(text: Any, source: str | Path, line: int, column: str | int) -> str:
+def _checked_text(text: Any, source: str | Path, line: int | str, column: str | int, field: str = TEXT_FIELD,
+                  fix: str = "check data.text_column") -> str:
+    """A row's text, stripped; a value that is not a string, or is empty, stops with one line naming the config
+    ``field``, ``source``, ``line`` (a number, or a place such as ``"row 3"``) and ``column``."""
+    where = f"line {line}" if isinstance(line, int) else line
     if not isinstance(text, str):
-        raise ConfigError(TEXT_FIELD, f"text column {column!r} at {source} line {line} holds "
-                          f"{type(text).__name__} {text!r}, not a string", "check data.text_column")
+        raise ConfigError(field, f"text column {column!r} at {source} {where} holds {type(text).__name__} {text!r}, "
+                          "not a string", fix)
     text = text.strip()
     if not text:
-        raise ConfigError(TEXT_FIELD, f"empty text in column {column!r} at {source} line {line}",
-                          "remove or fill the row")
+        raise ConfigError(field, f"empty text in column {column!r} at {source} {where}", "remove or fill the row")
     return text
 
 
