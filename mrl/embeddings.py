@@ -447,17 +447,15 @@ def embed_checkpoint(ckpt_path: str | Path, datamodule, root: str | Path, splits
     kwargs.setdefault("enable_progress_bar", sys.stderr.isatty())  # else EmbeddingWriter prints plain lines
     meta = {"checkpoint": str(path.resolve()), "encoder": module.hparams.backbone.get("name"),
             "backbone": module.hparams.backbone.get("name")}
-    labelled = getattr(datamodule, "labelled", True)
     written = {}
     for split in splits:
         dataset = datamodule.split_dataset(split)
+        labelled = getattr(datamodule, "labelled", True)  # known once the data is set up
         relations, extra = datamodule.split_relations(split) if hasattr(datamodule, "split_relations") else ({}, {})
-        if hasattr(dataset, "rows_of_rank"):  # streamed (webdataset shards): rows placed by their recorded index
-            writer = EmbeddingWriter(root, split, dataset.num_samples, dtype, meta, indexed=False,
-                                     rows_of_rank=dataset.rows_of_rank)
-        else:
-            writer = EmbeddingWriter(root, split, len(dataset), dtype, {**meta, **extra}, labelled=labelled,
-                                     relations=relations)
+        # streamed (webdataset shards): each rank's rows placed by their recorded index
+        streamed = {"indexed": False, "rows_of_rank": dataset.rows_of_rank} if hasattr(dataset, "rows_of_rank") else {}
+        writer = EmbeddingWriter(root, split, dataset.num_samples if streamed else len(dataset), dtype,
+                                 {**meta, **extra}, labelled=labelled, relations=relations, **streamed)
         runner = L.Trainer(**kwargs, logger=False, callbacks=[writer], enable_checkpointing=False,
                            enable_model_summary=False)
         datamodule.predict_split = split

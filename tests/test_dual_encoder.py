@@ -342,3 +342,148 @@ def test_tiny_end_to_end_run_through_train_embed_eval(tmp_path):
     xm = json.loads((tmp_path / "eval" / "cross_modal_retrieval.json").read_text())["rows"]
     assert {"i2t_r@1", "t2i_r@5", "rsum", "kept"} <= set(xm[0])
     assert (tmp_path / "eval" / "cross_modal_retrieval_adaptive.md").is_file()
+
+
+# ------------------------------------------------------------------------------------------------ shards
+
+
+def _shard_pairs_slowly(split_dir) -> dict[int, tuple[bytes, str | None, int | None]]:
+    """Every sample of a split's tar files read with tarfile: key -> (image bytes, caption, class)."""
+    import tarfile
+
+    samples: dict[int, dict] = {}
+    for shard in sorted(split_dir.glob("*.tar")):
+        with tarfile.open(shard) as tar:
+            for member in tar.getmembers():
+                key, ext = member.name.split(".", 1)
+                samples.setdefault(int(key), {})[ext] = tar.extractfile(member).read()
+    return {k: (next(v for e, v in s.items() if e.startswith("img.")), s["txt"].decode() if "txt" in s else None,
+                int(s["cls"]) if "cls" in s else None) for k, s in samples.items()}
+
+
+def test_caption_files_to_shards_stream_pairs_with_their_ids(tmp_path):
+    write_image_folder(tmp_path / "imgs", classes=("a",), per_class=5, splits=("x",), size=8)
+    rows = [f"imgs/x/a/{i % 5}.png\tcaption {i % 7}" for i in range(12)]  # images and captions repeat
+    (tmp_path / "train.tsv").write_text("path\tcaption\n" + "\n".join(rows) + "\n")
+    (tmp_path / "test.tsv").write_text("\n".join(rows[:8]) + "\n")
+    out = tmp_path / "shards"
+    proc = run_script("make_shards.py", "--src", str(tmp_path), "--out", str(out), "--captions", "tsv",
+                      "--samples-per-shard", "3", "--holdout-fraction", "0.2", "--seed", "1")
+    assert "captioned pairs" in proc.stdout
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["captions"] and meta["classes"] == [] and meta["splits"]["test"]["num_samples"] == 8
+    assert sum(meta["splits"][s]["num_samples"] for s in ("train", "holdout")) == 12
+    dm = ImageTextDataModule(format="webdataset", root=str(out), tokenizer="hf/minilm", max_length=16, image_size=8,
+                             batch_size=2, num_workers=0, seed=0)
+    dm.setup("fit")
+    assert not dm.labelled and dm.templates is None
+    # no held-out image is trained on
+    train, held = _shard_pairs_slowly(out / "train"), _shard_pairs_slowly(out / "holdout")
+    assert held and not {v[0] for v in train.values()} & {v[0] for v in held.values()}
+    batch = next(iter(dm.val_dataloader()))
+    assert batch["image"].shape == (2, 3, 8, 8) and batch["input_ids"].shape[0] == 2 and "label" not in batch
+    # ids by sample index equal those of a slow read of the tar files: same image bytes / same caption text
+    relations, extra = dm.split_relations("test")
+    test = _shard_pairs_slowly(out / "test")
+    images = [test[k][0] for k in sorted(test)]
+    captions = [test[k][1] for k in sorted(test)]
+    assert sorted(captions) == sorted(r.split("\t")[1] for r in rows[:8])
+    assert relations["image_ids"].tolist() == [images.index(b) and len(set(images[:images.index(b)])) for b in images]
+    assert relations["caption_ids"].tolist() == [len(set(captions[:captions.index(c)])) for c in captions]
+    assert extra == {"captions": "caption file"}
+    streamed = list(dm.split_dataset("test"))
+    assert sorted(item["index"] for item in streamed) == list(range(8))
+    assert all(item["text"] == test[item["index"]][1] for item in streamed)
+
+
+def test_image_folder_shards_get_template_captions_fixed_for_evaluation(tmp_path):
+    from mrl.data.shards import convert_image_folder
+
+    src = write_image_folder(tmp_path / "f", classes=("sea_lion", "cat"), per_class=4, splits=("train", "test"),
+                             size=8)
+    convert_image_folder(src, tmp_path / "shards", samples_per_shard=3, holdout_fraction=0.25, seed=2)
+    dm = ImageTextDataModule(format="webdataset", root=str(tmp_path / "shards"), tokenizer="hf/minilm",
+                             max_length=16, image_size=8, batch_size=2, num_workers=0, seed=5)
+    dm.setup("fit")
+    assert dm.labelled and dm.class_names == ["cat", "sea_lion"]
+    first, again = list(dm.split_dataset("test")), list(dm.split_dataset("test"))
+    assert [i["text"] for i in first] == [i["text"] for i in again]
+    slow = _shard_pairs_slowly(tmp_path / "shards" / "test")
+    for item in first:
+        assert item["label"] == slow[item["index"]][2]
+        assert dm.class_names[item["label"]].replace("_", " ") in item["text"]
+    relations, extra = dm.split_relations("test")
+    by_index = {item["index"]: item["text"] for item in first}
+    texts = [by_index[i] for i in range(len(first))]
+    assert relations["caption_ids"].tolist() == [len(set(texts[:texts.index(t)])) for t in texts]
+    assert extra == {"captions": "class templates"}
+    train_batch = next(iter(dm.train_dataloader()))
+    assert train_batch["label"].shape == (2,) and train_batch["image"].shape == (2, 3, 8, 8)
+
+
+def test_shard_folders_without_pairs_or_splits_are_one_line_errors(tmp_path):
+    from mrl.data.shards import convert_image_folder
+
+    src = write_image_folder(tmp_path / "f", classes=("a", "b"), per_class=3, splits=("train", "test"), size=8)
+    convert_image_folder(src, tmp_path / "shards", samples_per_shard=3)
+    dm = ImageTextDataModule(format="webdataset", root=str(tmp_path / "shards"), tokenizer="hf/minilm",
+                             max_length=16, image_size=8, num_workers=0)
+    with pytest.raises(ConfigError, match=r"^data.root: .* has no holdout split .*--holdout-fraction"):
+        dm.setup("fit")
+    with pytest.raises(ConfigError, match=r"^data.max_per_class: subsets are not drawn from streamed shards"):
+        ImageTextDataModule(format="webdataset", root=str(tmp_path / "shards"), max_per_class=3)
+    with pytest.raises(ConfigError, match=r"^data.root: is not set; give a shard folder"):
+        ImageTextDataModule(format="webdataset")
+
+
+def test_dual_encoder_on_shards_trains_embeds_and_evaluates_as_the_image_folder_does(tmp_path):
+    """Train on shards of a tiny ImageFolder, embed and evaluate its test split from the shards: the rows equal the
+    checkpoint's embeddings of the folder's test images computed here directly (in another row order), and the
+    zero-shot table equals zero-shot top-1 recomputed from those."""
+    from mrl import load_model
+    from mrl.data.datamodules import TRANSFORMS
+    from mrl.data.image_folder import load_rgb
+
+    root = write_image_folder(tmp_path / "folder", classes=("cat", "dog", "emu"), per_class=6,
+                              splits=("train", "test"), size=16)
+    shards = tmp_path / "shards"
+    run_script("make_shards.py", "--src", str(root), "--out", str(shards), "--samples-per-shard", "4",
+               "--holdout-fraction", "0.25")
+    common = ["data.format=webdataset", f"data.root={shards}", "data.shuffle_buffer=8", "data.image_size=16",
+              "data.num_workers=0", "data.max_per_class=null", "data.max_test_per_class=null"]
+    run = tmp_path / "run"
+    run_script("train.py", "+experiment=cifar10_align_minilm", *common, "data.batch_size=4", "trainer.max_epochs=1",
+               "model.backbone.image.channels=[8,16]", "model.nesting_dims=[4,8,16]", "model.backbone.dim=16",
+               "logger=csv", f"hydra.run.dir={run}")
+    ckpt = run / "checkpoints" / "last.ckpt"
+    run_script("embed.py", f"ckpt_path={ckpt}", "data=image_text", *common, "splits=[test]", "dtype=float32",
+               f"output_dir={tmp_path}/emb", f"hydra.run.dir={tmp_path}/embrun")
+    run_script("eval.py", f"embeddings_dir={tmp_path}/emb", "evaluators=[zero_shot,cross_modal_retrieval]",
+               "zero_shot.ks=[1,3]", "cross_modal_retrieval.ks=[1,5]", "cross_modal_retrieval.shortlist_ks=[5,10]",
+               f"output_dir={tmp_path}/eval", f"hydra.run.dir={tmp_path}/evalrun")
+    split = tmp_path / "emb" / "test"
+    emb, labels = np.load(split / "embeddings.npy"), np.load(split / "labels.npy")
+    assert emb.shape == (18, 16) and np.load(split / "text_embeddings.npy").shape == (18, 16)
+
+    module, _ = load_model(ckpt)
+    module.eval()
+    transform = TRANSFORMS["cifar"](16)[1]
+    paths = sorted((root / "test").glob("*/*.png"))
+    with torch.no_grad():
+        direct = module.embed({"image": torch.stack([transform(load_rgb(p)) for p in paths])}).numpy()
+    direct_labels = np.array([module.class_names.index(p.parent.name) for p in paths])
+
+    def sorted_rows(x, y):
+        order = np.lexsort(x.T[::-1])
+        return x[order], y[order]
+
+    (a, la), (b, lb) = sorted_rows(emb, labels), sorted_rows(direct, direct_labels)
+    np.testing.assert_allclose(a, b, atol=1e-5)
+    np.testing.assert_array_equal(la, lb)
+    prompts = np.load(split / "class_prompt_embeddings.npy")
+    zs = json.loads((tmp_path / "eval" / "zero_shot.json").read_text())["rows"]
+    for row in zs:
+        classes = class_embeddings(prompts, row["dim"])
+        z = direct[:, :row["dim"]] / np.linalg.norm(direct[:, :row["dim"]], axis=1, keepdims=True)
+        assert row["top1"] == pytest.approx(100.0 * np.mean((z @ classes.T).argmax(1) == direct_labels), abs=1e-9)
+    assert (tmp_path / "eval" / "cross_modal_retrieval.md").is_file()

@@ -524,8 +524,42 @@ class ShardStreamLoader(DataLoader):
         return super().__iter__()
 
 
+class ShardStreaming:
+    """Loaders of streamed splits (:mod:`mrl.data.shards`), mixed into a DataModule before its map-style base:
+    a :class:`~mrl.data.shards.TrainShardStream` train set and :class:`~mrl.data.shards.EvalShardStream` evaluation
+    sets are read by rank and loader worker and resumed mid-epoch; any other set goes to the base's loaders."""
+
+    def train_dataloader(self) -> DataLoader:
+        from mrl.data.shards import TrainShardStream
+
+        stream = self.train_set
+        if not isinstance(stream, TrainShardStream):
+            return super().train_dataloader()
+        stream.place(*distributed_rank_and_size())
+        stream.check_workers(self.num_workers)
+        resume = getattr(self, "_resume_state", None)
+        if resume:
+            stream.resume_at(resume["epoch"], resume["samples_done"])
+            self._resume_state = None
+        trainer = getattr(self, "trainer", None)
+        # Workers start afresh each epoch (not persistent), so each sees the epoch set by the loader.
+        return ShardStreamLoader(stream, batch_size=self.batch_size, num_workers=self.num_workers,
+                                 pin_memory=self.pin_memory, collate_fn=self.collate_fn,
+                                 epoch=lambda: trainer.current_epoch if trainer is not None else stream.epoch)
+
+    def eval_dataloader(self, dataset) -> DataLoader:
+        from mrl.data.shards import EvalShardStream
+
+        if isinstance(dataset, EvalShardStream):  # it splits itself by rank and worker
+            dataset.place(*distributed_rank_and_size())
+            workers = min(self.num_workers, len(dataset.urls[dataset.rank::dataset.world]))
+            return DataLoader(dataset, batch_size=self.eval_batch_size, num_workers=workers, pin_memory=self.pin_memory,
+                              collate_fn=self.collate_fn)
+        return super().eval_dataloader(dataset)
+
+
 @register_datamodule("webdataset")
-class ShardsDataModule(ImageDataModule):
+class ShardsDataModule(ShardStreaming, ImageDataModule):
     """WebDataset tar shards written by ``scripts/make_shards.py`` (:mod:`mrl.data.shards`), streamed.
 
     ``transform``: ``imagenet`` (random-resized crop and flip; resize and centre crop) or ``cifar`` (4-pixel
@@ -569,30 +603,6 @@ class ShardsDataModule(ImageDataModule):
                         "test": lambda: self.test_set, "none": lambda: None}[self.validation]()
         self.train_set = TrainShardStream(self.shard_root, self.meta, train_transform, self.batch_size, self.seed,
                                           self.shuffle_buffer)
-
-    def train_dataloader(self) -> DataLoader:
-        stream = self.train_set
-        stream.place(*distributed_rank_and_size())
-        stream.check_workers(self.num_workers)
-        resume = getattr(self, "_resume_state", None)
-        if resume:
-            stream.resume_at(resume["epoch"], resume["samples_done"])
-            self._resume_state = None
-        trainer = getattr(self, "trainer", None)
-        # Workers start afresh each epoch (not persistent), so each sees the epoch set by the loader.
-        return ShardStreamLoader(stream, batch_size=self.batch_size, num_workers=self.num_workers,
-                                 pin_memory=self.pin_memory, collate_fn=self.collate_fn,
-                                 epoch=lambda: trainer.current_epoch if trainer is not None else stream.epoch)
-
-    def eval_dataloader(self, dataset) -> DataLoader:
-        from mrl.data.shards import EvalShardStream
-
-        if isinstance(dataset, EvalShardStream):  # it splits itself by rank and worker
-            dataset.place(*distributed_rank_and_size())
-            workers = min(self.num_workers, len(dataset.urls[dataset.rank::dataset.world]))
-            return DataLoader(dataset, batch_size=self.eval_batch_size, num_workers=workers, pin_memory=self.pin_memory,
-                              collate_fn=self.collate_fn)
-        return super().eval_dataloader(dataset)
 
     def split_dataset(self, split: str):
         """``train`` (the converter's train split, evaluation transforms), ``val`` (its ``holdout`` split) or

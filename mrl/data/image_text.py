@@ -11,6 +11,10 @@ Sources (``format``):
   relative to the file's folder; an optional header ``path, caption``. ``train`` and ``test`` name the files (or
   ``root`` a folder holding ``train.<format>`` and ``test.<format>``). An image may have several captions (one row
   each). No labels.
+* ``webdataset``: tar shards for cluster file systems (``root``: a folder of ``scripts/make_shards.py``), streamed
+  by rank and loader worker as ``data=webdataset`` is (:mod:`mrl.data.shards`): shards of caption files
+  (``make_shards.py --captions tsv``: each sample an image and its ``.txt`` caption) or of an ImageFolder (class
+  indices, captioned with ``templates`` as above). Validation reads the shards' ``holdout`` split.
 
 Every pair is checked before training: a missing or unreadable image, or an empty caption, is skipped with one
 warning that counts them (``bad_pairs=skip``) or stops the run with a one-line error (``bad_pairs=error``).
@@ -37,12 +41,13 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Subset
 
-from mrl.data.datamodules import (DEFAULT_CACHE_DIR, TRANSFORMS, ImageDataModule, adopt_text_encoder, check_fraction,
-                                  register_datamodule, resolve_folder_root, stratified_holdout)
+from mrl.data.datamodules import (DEFAULT_CACHE_DIR, TRANSFORMS, ImageDataModule, ShardStreaming, adopt_text_encoder,
+                                  check_fraction, register_datamodule, resolve_folder_root, stratified_holdout)
 from mrl.data.image_folder import IMAGE_EXTENSIONS, _is_image_ok, check_same_classes, load_rgb, scan_image_folder
+from mrl.data.shards import ids_of
 from mrl.errors import ConfigError
 
-FORMATS = ("imagefolder", "csv", "tsv")
+FORMATS = ("imagefolder", "csv", "tsv", "webdataset")
 BAD_PAIR_POLICIES = ("skip", "error")
 DEFAULT_TEMPLATES = ("a photo of a {class}.", "a blurry photo of a {class}.", "a low resolution photo of a {class}.",
                      "a close-up photo of a {class}.", "a photo of the small {class}.")
@@ -102,6 +107,33 @@ def read_caption_file(path: str | Path, format: str, bad_pairs: str = "skip", ve
     return [e[1] for e in entries], [e[2] for e in entries]
 
 
+def template_caption(templates: Sequence[str], class_name: str, draw: str, seed: int, index: int) -> str:
+    """A template of ``templates`` filled with ``class_name`` (``_`` read as a space): drawn with Python's
+    ``random`` (``draw="random"``: training, where the caller seeds it per sample) or fixed by ``(seed, index)``."""
+    rng = random if draw == "random" else random.Random(seed * 1_000_003 + index)
+    return templates[rng.randrange(len(templates))].replace("{class}", class_name.replace("_", " "))
+
+
+class ShardPair:
+    """``make_item`` of image-text shards (:mod:`mrl.data.shards`): ``{"image", "text"[, "label"]}``, the text
+    the sample's own caption, or for class-labelled shards a template caption (:func:`template_caption`, ``draw``
+    as there, the index the sample's place in its split). A class, so it pickles into loader workers."""
+
+    def __init__(self, templates: Sequence[str] | None, class_names: Sequence[str], draw: str, seed: int):
+        self.templates, self.class_names, self.draw, self.seed = templates, list(class_names), draw, seed
+
+    def __call__(self, sample: Mapping[str, Any], transform: Callable, index: int | None) -> dict[str, Any]:
+        from mrl.data.shards import decode_image, raw_image_and_label
+
+        data, label = raw_image_and_label(sample)
+        if "txt" in sample:
+            text = sample["txt"].decode("utf-8") if isinstance(sample["txt"], bytes) else str(sample["txt"])
+        else:
+            text = template_caption(self.templates, self.class_names[label], self.draw, self.seed, index or 0)
+        item = {"image": transform(decode_image(data)), "text": text}
+        return {**item, "label": label} if self.class_names else item
+
+
 class ImageTextDataset(Dataset):
     """``{"image", "text"[, "label"]}`` items: images from ``paths``, each with its caption (``captions``) or, for
     class-captioned data (``captions=None``), a template of ``templates`` filled with its class's name, drawn by
@@ -128,11 +160,7 @@ class ImageTextDataset(Dataset):
         """The caption of item ``index`` (for ``draw="random"``: a draw from Python's ``random``)."""
         if self.captions is not None:
             return self.captions[index]
-        if self.draw == "random":
-            template = self.templates[random.randrange(len(self.templates))]
-        else:
-            template = self.templates[random.Random(self.seed * 1_000_003 + index).randrange(len(self.templates))]
-        return template.replace("{class}", self.class_names[self.labels[index]].replace("_", " "))
+        return template_caption(self.templates, self.class_names[self.labels[index]], self.draw, self.seed, index)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         for offset in range(min(len(self.paths), 100)):
@@ -151,7 +179,7 @@ class ImageTextDataset(Dataset):
 
 class ImageTextCollate:
     """``collate_fn``: images stacked, captions tokenised in one call (padded to the longest, truncated to
-    ``max_length``), ``label`` when the items have one. A class, so it pickles into loader workers."""
+    ``max_length``), ``label`` and ``index`` when the items have them. A class, so it pickles into loader workers."""
 
     def __init__(self, tokenizer: Callable[..., Mapping[str, torch.Tensor]], max_length: int):
         from mrl.data.text import TokenizeCollate
@@ -165,8 +193,9 @@ class ImageTextCollate:
         out: dict[str, Any] = dict(self.tokenizer([item["text"] for item in batch], padding=True, truncation=True,
                                                   max_length=self.max_length, return_tensors="pt").items())
         out["image"] = torch.stack([item["image"] for item in batch])
-        if "label" in batch[0]:
-            out["label"] = torch.tensor([int(item["label"]) for item in batch], dtype=torch.int64)
+        for key in ("label", "index"):  # index: a streamed sample's place in its split (embedding files)
+            if key in batch[0]:
+                out[key] = torch.tensor([int(item[key]) for item in batch], dtype=torch.int64)
         return out
 
 
@@ -192,14 +221,8 @@ def _base_and_indices(dataset: Dataset) -> tuple[ImageTextDataset, list[int]]:
     return dataset, list(range(len(dataset))) if indices is None else indices
 
 
-def _ids(values: Sequence[str]) -> np.ndarray:
-    """``[N]`` int64: equal values get one id (first appearance order)."""
-    seen: dict[str, int] = {}
-    return np.array([seen.setdefault(v, len(seen)) for v in values], dtype=np.int64)
-
-
 @register_datamodule("image_text")
-class ImageTextDataModule(ImageDataModule):
+class ImageTextDataModule(ShardStreaming, ImageDataModule):
     """Image-text pairs (see the module doc). ``tokenizer``/``max_length``: the text tower's (the presets take
     ``model.backbone.text``); ``transform``: ``cifar`` (padded crop, flip; none) or ``imagenet`` (random-resized
     crop, flip; resize, centre crop); ``max_per_class`` / ``max_test_per_class``: a seeded subset of class-captioned
@@ -210,7 +233,8 @@ class ImageTextDataModule(ImageDataModule):
                  templates: Sequence[str] | None = None, image_size: int = 32, transform: str = "cifar",
                  cache_dir: str | None = None, bad_pairs: str = "skip", verify_images: bool = True,
                  val_fraction: float = 0.1, train_split: str = "train", eval_split: str = "test",
-                 max_per_class: int | None = None, max_test_per_class: int | None = None, **kwargs: Any):
+                 max_per_class: int | None = None, max_test_per_class: int | None = None,
+                 shuffle_buffer: int = 5000, **kwargs: Any):
         super().__init__(image_size=image_size, **kwargs)
         from mrl.tasks.dual_encoder import check_templates
 
@@ -224,7 +248,9 @@ class ImageTextDataModule(ImageDataModule):
         if format == "imagefolder" and not root:
             raise ConfigError("data.root", "is not set",
                               "give an ImageFolder tree (train/, test/) or an archive of one")
-        if format != "imagefolder" and not root and not (train and test):
+        if format == "webdataset" and not root:
+            raise ConfigError("data.root", "is not set", "give a shard folder made by scripts/make_shards.py")
+        if format in ("csv", "tsv") and not root and not (train and test):
             raise ConfigError("data.train", "is not set", f"give data.train and data.test ({format} files of "
                               "path<TAB>caption rows), or data.root holding train.<format> and test.<format>")
         for field, value in (("data.max_per_class", max_per_class), ("data.max_test_per_class", max_test_per_class)):
@@ -235,16 +261,21 @@ class ImageTextDataModule(ImageDataModule):
         self.format, self.root, self.files = format, root, {"train": train, "test": test}
         self.tokenizer_name, self.max_length = tokenizer, max_length
         self.templates = check_templates(list(templates) if templates is not None else list(DEFAULT_TEMPLATES),
-                                         "data.templates") if format == "imagefolder" else None
+                                         "data.templates") if format in ("imagefolder", "webdataset") else None
         self.transform, self.cache_dir = transform, Path(cache_dir).expanduser() if cache_dir else DEFAULT_CACHE_DIR
         self.bad_pairs, self.verify_images = bad_pairs, verify_images or bad_pairs == "error"
         self.val_fraction = val_fraction if self.validation == "holdout" else 0.0
         self.train_split, self.eval_split = train_split, eval_split
         self.max_per_class, self.max_test_per_class = max_per_class, max_test_per_class
+        if format == "webdataset" and (max_per_class is not None or max_test_per_class is not None):
+            raise ConfigError("data.max_per_class", "subsets are not drawn from streamed shards",
+                              "set data.max_per_class=null data.max_test_per_class=null, or convert a subset")
+        self.shuffle_buffer = shuffle_buffer
+        self.class_names: list[str] = []
 
     @property
     def labelled(self) -> bool:
-        return self.format == "imagefolder"
+        return self.format == "imagefolder" or bool(self.class_names)
 
     def use_encoder(self, encoder: Mapping[str, Any]) -> None:
         """Tokenise for a checkpoint's dual encoder (its ``backbone`` settings): fills ``tokenizer``/``max_length``
@@ -293,6 +324,11 @@ class ImageTextDataModule(ImageDataModule):
             test = make(test_samples, eval_transform, "fixed")
             fit, held = (stratified_holdout([y for _, y in train_samples], self.val_fraction, self.seed)
                          if self.validation == "holdout" else (None, None))
+        elif self.format == "webdataset":
+            self._build_streams(train_transform, eval_transform)
+            name = self.tokenizer_name.removeprefix(TEXT_PREFIX)
+            self.collate_fn = ImageTextCollate(load_tokenizer(name), self.max_length)
+            return
         else:
             files = self._caption_files()
             read = {split: read_caption_file(path, self.format, self.bad_pairs, self.verify_images, f"data.{split}")
@@ -318,16 +354,74 @@ class ImageTextDataModule(ImageDataModule):
         self.test_set = test
         self._assign_validation(holdout, test)
 
+    def _build_streams(self, train_transform: Callable, eval_transform: Callable) -> None:
+        from mrl.data.shards import EvalShardStream, TrainShardStream, read_meta
+
+        self.shard_root = Path(str(self.root)).expanduser()
+        self.meta = read_meta(self.shard_root)
+        splits = self.meta["splits"]
+        for split in ("train", self.eval_split) + (("holdout",) if self.validation == "holdout" else ()):
+            if split not in splits:
+                raise ConfigError("data.root", f"{self.shard_root} has no {split} split (it has {sorted(splits)})",
+                                  "convert with --holdout-fraction for validation, or set data.validation=none"
+                                  if split == "holdout" else "convert train/ and test/ with scripts/make_shards.py")
+        self.class_names = list(self.meta["classes"])
+        if not self.meta.get("captions") and not self.class_names:
+            raise ConfigError("data.root", f"the samples of {self.shard_root} have neither captions nor classes",
+                              "convert caption files (--captions tsv) or an ImageFolder with scripts/make_shards.py")
+        templates = None if self.meta.get("captions") else self.templates
+        if templates is None:
+            self.templates = None  # captions of their own: no templates to report
+
+        def stream(split: str, draw: str = "fixed", with_index: bool = False) -> EvalShardStream:
+            return EvalShardStream(self.shard_root, split, self.meta, eval_transform, with_index=with_index,
+                                   make_item=ShardPair(templates, self.class_names, draw, self.seed))
+
+        self.eval_stream = stream
+        self.train_set = TrainShardStream(self.shard_root, self.meta, train_transform, self.batch_size, self.seed,
+                                          self.shuffle_buffer,
+                                          make_item=ShardPair(templates, self.class_names, "random", self.seed))
+        self.test_set = stream(self.eval_split)
+        self.val_set = {"holdout": lambda: stream("holdout"), "test": lambda: self.test_set,
+                        "none": lambda: None}[self.validation]()
+
+    def split_dataset(self, split: str):
+        """As the base's, and for shards the split streamed with each sample's index: ``train`` (evaluation
+        transforms), ``val`` (the ``holdout`` split) or ``test``."""
+        if self.format != "webdataset":
+            return super().split_dataset(split)
+        self.setup("test")
+        names = {"train": "train", "val": "holdout", "test": self.eval_split}
+        if split not in names or names[split] not in self.meta["splits"]:
+            available = sorted(k for k, v in names.items() if v in self.meta["splits"])
+            raise ConfigError("splits", f"unknown or absent split {split!r}", f"choose from {available}")
+        return self.eval_stream(names[split], with_index=True)
+
     # ------------------------------------------------------------------------------------------ embedding
 
     def split_relations(self, split: str) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         """``image_ids`` and ``caption_ids`` of the split's rows (equal image files / caption texts share an id),
         stored beside its embeddings for cross-modal retrieval."""
-        base, indices = _base_and_indices(self.split_dataset(split))
-        return ({"image_ids": _ids([base.paths[i] for i in indices]),
-                 "caption_ids": _ids([base.caption(i) for i in indices])},
+        dataset = self.split_dataset(split)
+        if self.format == "webdataset":
+            return self._shard_relations(dataset.split)
+        base, indices = _base_and_indices(dataset)
+        return ({"image_ids": ids_of([base.paths[i] for i in indices]),
+                 "caption_ids": ids_of([base.caption(i) for i in indices])},
                 {"captions": "class templates" if base.captions is None else "caption file"})
 
     def split_signature(self) -> dict[str, Any]:
         return {**super().split_signature(), "format": self.format, "max_per_class": self.max_per_class,
                 "max_test_per_class": self.max_test_per_class, "templates": self.templates}
+
+    def _shard_relations(self, split: str) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        """The converter's ids by sample index (``index.npz``); for template captions, the ids of the captions
+        the evaluation stream gives (fixed by ``(seed, index)``)."""
+        from mrl.data.shards import read_index
+
+        index = read_index(self.shard_root, split)
+        if self.meta.get("captions"):
+            return {"image_ids": index["image_ids"], "caption_ids": index["caption_ids"]}, {"captions": "caption file"}
+        captions = [template_caption(self.templates, self.class_names[label], "fixed", self.seed, i)
+                    for i, label in enumerate(index["labels"].tolist())]
+        return {"image_ids": index["image_ids"], "caption_ids": ids_of(captions)}, {"captions": "class templates"}

@@ -3,8 +3,12 @@
 At ImageNet scale on a cluster file system, opening 1.28M small files per epoch is what starves the GPUs; a few
 hundred large tar files read front to back are not. :func:`write_shards` converts an ImageFolder tree (or an
 archive of one) into ``<out>/<split>/<split>-NNNNNN.tar`` shards with ``webdataset.ShardWriter`` (each sample:
-the image's original bytes, never re-encoded, and its class index) and a ``meta.json`` with the class names and
-the samples of every shard. The webdataset library reads them back (``tarfile_to_samples``, ``shuffle``).
+the image's original bytes, never re-encoded, and its class index), :func:`convert_caption_files` image-caption files
+(``path<TAB>caption``) into shards whose samples hold the image and its caption (``.txt``); both write a
+``meta.json`` with the class names and the samples of every shard, and per split an ``index.npz`` (each sample's
+label, and ids shared by samples of the same source image / the same caption, by the sample's place in the split:
+what cross-modal retrieval counts as a match). The webdataset library reads them back (``tarfile_to_samples``,
+``shuffle``). What a stream yields per sample is its ``make_item`` (default: ``(image, label)``).
 
 Streams keep the guarantees of the map-style path (:mod:`mrl.data.sampling`) under DDP on any number of nodes:
 
@@ -32,6 +36,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import IterableDataset, get_worker_info
@@ -40,12 +45,21 @@ from mrl.data.sampling import distributed_rank_and_size, seeded
 from mrl.errors import ConfigError
 
 META_FILE = "meta.json"
+INDEX_FILE = "index.npz"
 FORMAT = "mrl-webdataset-v1"
 
 
+def ids_of(values: list[Any]) -> np.ndarray:
+    """``[N]`` int64: equal values share an id (numbered in order of first appearance)."""
+    seen: dict[Any, int] = {}
+    return np.array([seen.setdefault(v, len(seen)) for v in values], dtype=np.int64)
+
+
 def write_shards(splits: dict[str, list[tuple[str, int]]], class_names: list[str], out: str | Path,
-                 samples_per_shard: int = 1000, seed: int = 0) -> dict[str, Any]:
+                 samples_per_shard: int = 1000, seed: int = 0,
+                 captions: dict[str, list[str]] | None = None) -> dict[str, Any]:
     """Write each split's ``(path, label)`` samples as shards under ``out/<split>/`` and ``out/meta.json``.
+    ``captions``: per split, each sample's caption (written as its ``txt``); labels are then -1 (none) or classes.
 
     The order of samples is shuffled once with ``seed`` before writing, so that every shard holds a mix of
     classes (streams shuffle only within a buffer). Written into a temporary sibling folder that is renamed
@@ -60,19 +74,28 @@ def write_shards(splits: dict[str, list[tuple[str, int]]], class_names: list[str
         raise ConfigError("--samples-per-shard", f"must be >= 1, got {samples_per_shard}")
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
-    meta: dict[str, Any] = {"format": FORMAT, "classes": list(class_names), "splits": {}}
+    meta: dict[str, Any] = {"format": FORMAT, "classes": list(class_names), "captions": captions is not None,
+                            "splits": {}}
     try:
         for split, samples in splits.items():
-            order = list(samples)
+            texts = captions[split] if captions is not None else [None] * len(samples)
+            order = [(path, label, text) for (path, label), text in zip(samples, texts, strict=True)]
             random.Random(seed).shuffle(order)
             folder = tmp / split
             folder.mkdir(parents=True)
             # ustar, whole-second mtime: no PAX header per member, which doubles the header parsing of every read
             with wds.ShardWriter(str(folder / f"{split}-%06d.tar"), maxcount=samples_per_shard, verbose=0,
                                  mtime=0, format=tarfile.USTAR_FORMAT) as sink:
-                for index, (path, label) in enumerate(order):
+                for index, (path, label, text) in enumerate(order):
                     suffix = Path(path).suffix.lower().lstrip(".") or "jpg"
-                    sink.write({"__key__": f"{index:09d}", "img." + suffix: Path(path).read_bytes(), "cls": label})
+                    sample = {"__key__": f"{index:09d}", "img." + suffix: Path(path).read_bytes()}
+                    sample.update({"cls": label} if label >= 0 else {})
+                    sample.update({"txt": text} if text is not None else {})
+                    sink.write(sample)
+            np.savez(folder / INDEX_FILE, labels=np.array([label for _, label, _ in order], dtype=np.int64),
+                     image_ids=ids_of([path for path, _, _ in order]),
+                     caption_ids=ids_of([text for _, _, text in order]) if captions is not None
+                     else np.full(len(order), -1, dtype=np.int64))
             names = sorted(p.name for p in folder.glob("*.tar"))
             counts = [min(samples_per_shard, len(order) - start) for start in range(0, len(order), samples_per_shard)]
             assert len(names) == len(counts), (names, counts)
@@ -107,14 +130,31 @@ def read_meta(root: str | Path) -> dict[str, Any]:
     return meta
 
 
+def read_index(root: str | Path, split: str) -> dict[str, np.ndarray]:
+    """``labels``, ``image_ids`` and ``caption_ids`` ``[N]`` of a split's samples by their place in it (written by
+    the converters); a shard folder from before the index stops with one line."""
+    path = Path(str(root)).expanduser() / split / INDEX_FILE
+    if not path.is_file():
+        raise ConfigError("data.root", f"{path} is missing (shards converted before sample indexes were written)",
+                          "convert again with scripts/make_shards.py")
+    with np.load(path) as index:
+        return {key: index[key] for key in ("labels", "image_ids", "caption_ids")}
+
+
+def image_and_label(sample: dict[str, Any], transform: Callable, index: int | None) -> tuple[Any, int]:
+    """The default item of a stream: ``(transform(image), class index)``."""
+    data, label = raw_image_and_label(sample)
+    return transform(decode_image(data)), label
+
+
 def decode_image(data: bytes) -> Image.Image:
     with Image.open(io.BytesIO(data)) as img:
         return img.convert("RGB")
 
 
-def _image_and_label(sample: dict[str, Any]) -> tuple[bytes, int]:
+def raw_image_and_label(sample: dict[str, Any]) -> tuple[bytes, int]:
     image = next(value for key, value in sample.items() if key.startswith("img."))
-    return image, int(sample["cls"])
+    return image, int(sample.get("cls", -1))  # -1: a captioned sample without a class
 
 
 def _worker() -> tuple[int, int]:
@@ -129,13 +169,16 @@ def _read(urls: list[str]) -> Iterator[dict[str, Any]]:
 
 
 class EvalShardStream(IterableDataset):
-    """``(image, label)`` of one split, in shard order; rank ``r`` and worker ``w`` read their shards only.
-    ``with_index``: ``(image, label, index)``, the sample's place in the split (the converter's ``__key__``), so
-    that embedding files put every row where it belongs although ranks and workers read in no fixed order."""
+    """``make_item(sample, transform, index)`` (default ``(image, label)``) of each sample of one split, in shard
+    order; rank ``r`` and worker ``w`` read their shards only. ``with_index``: the sample's place in the split (the
+    converter's ``__key__``) added (``(image, label, index)``, or an ``index`` key of a dict item), so that embedding
+    files put every row where it belongs although ranks and workers read in no fixed order."""
 
     def __init__(self, root: Path, split: str, meta: dict[str, Any], transform: Callable,
-                 rank_and_world: tuple[int, int] | None = None, with_index: bool = False):
+                 rank_and_world: tuple[int, int] | None = None, with_index: bool = False,
+                 make_item: Callable[[dict[str, Any], Callable, int | None], Any] = image_and_label):
         info = meta["splits"][split]
+        self.make_item = make_item
         self.split = split
         self.urls = [str(root / split / name) for name in info["shards"]]
         self.counts = list(info["samples"])
@@ -161,9 +204,11 @@ class EvalShardStream(IterableDataset):
         worker, workers = _worker()
         mine = self.urls[self.rank::self.world][worker::workers]
         for sample in _read(mine):
-            data, label = _image_and_label(sample)
-            image = self.transform(decode_image(data))
-            yield (image, label, self._index(sample)) if self.with_index else (image, label)
+            index = self._index(sample)
+            item = self.make_item(sample, self.transform, index)
+            if self.with_index:
+                item = {**item, "index": index} if isinstance(item, dict) else (*item, index)
+            yield item
 
     def _index(self, sample: dict[str, Any]) -> int:
         key = str(sample.get("__key__", "")).rsplit("/", 1)[-1]
@@ -179,8 +224,10 @@ class TrainShardStream(IterableDataset):
     (the DataLoader takes batch ``i`` from worker ``i mod K``). See the module docstring for the guarantees."""
 
     def __init__(self, root: Path, meta: dict[str, Any], transform: Callable, batch_size: int, seed: int,
-                 shuffle_buffer: int = 5000, split: str = "train", rank_and_world: tuple[int, int] | None = None):
+                 shuffle_buffer: int = 5000, split: str = "train", rank_and_world: tuple[int, int] | None = None,
+                 make_item: Callable[[dict[str, Any], Callable, int | None], Any] = image_and_label):
         info = meta["splits"][split]
+        self.make_item = make_item
         self.urls = [str(root / split / name) for name in info["shards"]]
         self.num_samples = int(info["num_samples"])
         self.transform = transform
@@ -195,16 +242,17 @@ class TrainShardStream(IterableDataset):
         """Read as rank ``rank`` of ``world`` (see :meth:`EvalShardStream.place`)."""
         self.rank, self.world = rank, world
         self.batches = self.num_samples // (world * self.batch_size)  # of every rank, per epoch
-        if self.batches < 1:
-            raise ConfigError("data.batch_size", f"{self.batch_size} per process on {world} processes is more than "
-                              f"the {self.num_samples} training samples", "choose a smaller batch")
 
     def __len__(self) -> int:
         """Samples of this rank per epoch (so ``len(loader)`` is its number of batches)."""
         return self.batches * self.batch_size
 
     def check_workers(self, workers: int) -> None:
-        """Every (rank, worker) needs a shard of its own: refuse before training, not mid-epoch."""
+        """Every rank needs a whole batch and every (rank, worker) a shard of its own: refuse before training, not
+        mid-epoch (a run that only embeds or tests never trains, so never asks)."""
+        if self.batches < 1:
+            raise ConfigError("data.batch_size", f"{self.batch_size} per process on {self.world} processes is more "
+                              f"than the {self.num_samples} training samples", "choose a smaller batch")
         needed = self.world * max(workers, 1)
         if len(self.urls) < needed:
             raise ConfigError("data.num_workers", f"{self.world} processes x {max(workers, 1)} loader workers need "
@@ -233,7 +281,7 @@ class TrainShardStream(IterableDataset):
         skipped = len(range(stream, min(done, self.batches), workers))
         return stream, shards, skipped * self.batch_size, (quota - skipped) * self.batch_size
 
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, int]]:
+    def __iter__(self) -> Iterator[Any]:
         import webdataset as wds
 
         worker, workers = _worker()
@@ -253,9 +301,8 @@ class TrainShardStream(IterableDataset):
                 return
             if position < skip:
                 continue  # already trained on: not decoded
-            data, label = _image_and_label(sample)
-            with seeded(stream_seed + position):
-                item = self.transform(decode_image(data)), label
+            with seeded(stream_seed + position):  # the augmentation, and any random choice of make_item
+                item = self.make_item(sample, self.transform, None)
             yield item  # outside the seeded block: the consumer runs on its own random streams
 
 
@@ -293,3 +340,34 @@ def convert_image_folder(src: str | Path, out: str | Path, samples_per_shard: in
         kept, held = stratified_holdout([label for _, label in train], holdout_fraction, seed)
         splits.update(train=[train[i] for i in kept], holdout=[train[i] for i in held])
     return write_shards(splits, classes, out, samples_per_shard=samples_per_shard, seed=seed)
+
+
+def convert_caption_files(src: str | Path, out: str | Path, format: str = "tsv", samples_per_shard: int = 1000,
+                          holdout_fraction: float = 0.0, seed: int = 0, bad_pairs: str = "skip") -> dict[str, Any]:
+    """Shards of image-caption files: ``src`` holds ``train.<format>`` and ``test.<format>`` (rows
+    ``path<TAB>caption``, csv: two quoted columns; paths relative to the file), each pair a sample with the image's
+    original bytes and its caption. An image with several captions gives one sample per caption, sharing an image
+    id. ``holdout_fraction > 0`` moves a seeded part of train's images, with all their captions, into ``holdout``
+    (``data.validation=holdout``). Missing or unreadable images and empty captions: ``bad_pairs`` (skip | error)."""
+    from mrl.data.datamodules import check_fraction
+    from mrl.data.image_text import read_caption_file
+    from mrl.data.pairs import anchor_holdout
+
+    src = Path(str(src)).expanduser()
+    if format not in ("tsv", "csv"):
+        raise ConfigError("--captions", f"unknown caption file format {format!r}", "choose tsv or csv")
+    files = {split: src / f"{split}.{format}" for split in ("train", "test")}
+    missing = [str(path) for path in files.values() if not path.is_file()]
+    if missing:
+        raise ConfigError("--src", f"{missing[0]} does not exist", f"give a folder holding train.{format} and "
+                          f"test.{format} (rows path<TAB>caption)")
+    read = {split: read_caption_file(path, format, bad_pairs, True, "--src") for split, path in files.items()}
+    splits = {split: [(path, -1) for path in paths] for split, (paths, _) in read.items()}
+    captions = {split: list(texts) for split, (_, texts) in read.items()}
+    if holdout_fraction:
+        check_fraction("--holdout-fraction", holdout_fraction)
+        kept, held = anchor_holdout([path for path, _ in splits["train"]], holdout_fraction, seed)
+        train, texts = splits["train"], captions["train"]
+        splits.update(train=[train[i] for i in kept], holdout=[train[i] for i in held])
+        captions.update(train=[texts[i] for i in kept], holdout=[texts[i] for i in held])
+    return write_shards(splits, [], out, samples_per_shard=samples_per_shard, seed=seed, captions=captions)
