@@ -5,7 +5,7 @@
 # best checkpoint by held-out zero-shot top-1), embed the test split, evaluate zero_shot and cross_modal_retrieval;
 # its small outputs (metrics, tables, configs, commands; no checkpoints or embeddings) are copied to
 # $RESULTS_DIR/runs/<model>/ and, with COMMIT=1, committed, so a rerun skips the models already done. Then the
-# report (scripts/align_report.py) builds the comparison tables from those files.
+# report (scripts/report.py) builds the tables, plots and findings from those files.
 #   COMMIT=1 scripts/align_study.sh [extra train overrides]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -40,4 +40,4 @@ for name in $MODELS; do
   fi
   collect_outputs "$dir" "$out" "Study align_cifar10: $name (metrics, evaluator tables, configs, commands)"
 done
-"$PY" scripts/align_report.py --runs "$RESULTS_DIR/runs" --out "$RESULTS_DIR"
+"$PY" scripts/report.py --dir "$RESULTS_DIR/runs" --out "$RESULTS_DIR" --title "CIFAR-10 image-text, convnet + MiniLM"

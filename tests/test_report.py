@@ -900,3 +900,48 @@ def test_digits_end_to_end_through_the_scripts(tmp_path):
     script("scripts/report.py", "--dir", str(run), "--out", str(tmp_path / "run_report"))
     assert {r["dim"]: r["MRL"] for r in read_csv(tmp_path / "run_report" / "top1_by_size.csv")} == trained
     assert (tmp_path / "run_report" / "commands.md").read_text().split("\n", 1)[1] == commands.split("\n", 1)[1]
+
+
+def _image_text_model(study: Path, name: str, head: str, dims: list[int], seed: int = 42) -> None:
+    """A dual-encoder run directory as scripts/align_study.sh leaves it: zero-shot top-1 in metrics_by_dim.csv and
+    eval/zero_shot.csv (``_v(model, dim, 1)``), rsum in eval/cross_modal_retrieval.csv (``_v(model, dim, 2)``)."""
+    d, i = study / name, MODEL_ID[name]
+    (d / ".hydra").mkdir(parents=True)
+    cfg = {"experiment_name": "cifar10_align_minilm", "seed": seed,
+           "data": {"name": "image_text", "root": "/data/c10.tar.gz"},
+           "model": {"task": "dual_encoder", "backbone": {"name": "dual"}, "head": head, "nesting_dims": dims}}
+    (d / ".hydra" / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+    (d / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(["+experiment=cifar10_align_minilm",
+                                                                 f"model.head={head}"]))
+    _write_csv(d / "metrics_by_dim.csv", ["dim", "i2t_r1", "t2i_r1", "zero_shot_top1"],
+               [[m, 1.0, 2.0, _v(i, m, 1)] for m in dims])
+    _write_csv(d / "csv" / "metrics.csv", ["epoch", "step", *[f"val/zero_shot_top1@{m}" for m in dims]],
+               [[e, 10 * e, *[_v(i, m, 70 + e) for m in dims]] for e in range(EPOCHS)])
+    _write_csv(d / "eval" / "zero_shot.csv", ["dim", "top1", "top5"], [[m, _v(i, m, 1), 99.0] for m in dims])
+    _write_csv(d / "eval" / "cross_modal_retrieval.csv", ["dim", "i2t_r@1", "rsum"],
+               [[m, 5.0, _v(i, m, 2)] for m in dims])
+
+
+def test_image_text_study_gets_zero_shot_and_cross_modal_tables_and_findings(tmp_path):
+    from mrl.report.study import collect, write_report
+
+    root = tmp_path / "align"
+    _image_text_model(root, "mrl", "mrl", [2, 4, 8])
+    _image_text_model(root, "ff2", "ff", [2])
+    _image_text_model(root, "ff8", "ff", [8])
+    study = collect(root)
+    assert study.is_image_text and study.missing == []   # no classification evaluator is expected of it
+    report = write_report(study, tmp_path / "out")
+    assert set(report.tables) == {"zero_shot_by_size", "cross_modal_rsum_by_size", "validation_curve"}
+    zs = {r["dim"]: r for r in report.tables["zero_shot_by_size"].rows}
+    assert [zs[m]["MRL"] for m in (2, 4, 8)] == [_v(1, m, 1) for m in (2, 4, 8)]
+    assert zs[2]["FF"] == _v(3, 2, 1) and zs[8]["FF"] == _v(4, 8, 1) and "FF" not in zs[4]
+    xm = {r["dim"]: r for r in report.tables["cross_modal_rsum_by_size"].rows}
+    assert xm[8]["MRL"] == _v(1, 8, 2) and xm[8]["FF"] == _v(4, 8, 2)
+    assert report.tables["validation_curve"].rows, "val/zero_shot_top1@<d> is the dual encoder's validation curve"
+    findings = (tmp_path / "out" / "findings.md").read_text()
+    rows = _section_rows(findings, "MRL vs FF-k, zero-shot top-1")
+    assert float(rows[8][2]) == pytest.approx(_v(1, 8, 1) - _v(4, 8, 1), abs=0.006)
+    assert "linear top-1" not in findings
+    assert (tmp_path / "out" / "zero_shot_by_size.png").is_file()
+    assert not (tmp_path / "out" / "top1_by_size.csv").exists()

@@ -53,7 +53,9 @@ PROJECT_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_PAPER_DIR = PROJECT_ROOT / "results" / "paper_reference"
 PAPER_LABEL = "paper (ResNet-50, ImageNet-1K)"
 # the tables read from a run directory: (required columns, integer columns, other numeric columns)
-METRICS_COLUMNS = (("dim", "top1"), ("dim",), ())
+METRICS_COLUMNS = (("dim",), ("dim",), ())
+# a training run's headline test metric: top-1 of its classifiers, or zero-shot top-1 of a dual encoder
+HEADLINE_COLUMNS = ("top1", "zero_shot_top1")
 EVALUATOR_COLUMNS = {
     "classification": (("dim", "top1"), ("dim",), ()),
     "retrieval": (("dim", "top1"), ("dim",), ()),
@@ -63,6 +65,8 @@ EVALUATOR_COLUMNS = {
                                  "oracle_expected_dim")),
     "adaptive_retrieval": (("kind", "D_s", "mflops"), ("D_s",), ("mflops",)),
     "baselines": (("dim",), ("dim",), ()),
+    "zero_shot": (("dim", "top1"), ("dim",), ("top1",)),
+    "cross_modal_retrieval": (("dim", "rsum"), ("dim",), ("rsum",)),
 }
 # what a run directory holds and a study folder does not
 RUN_MARKERS = (".hydra", "metrics_by_dim.csv", "checkpoints", "embeddings", "eval")
@@ -73,7 +77,7 @@ DEFAULT_SEED = 42
 # config keys that legitimately differ between the models of a study (not reported as recipe differences)
 PER_MODEL_KEYS = ("model.head", "model.nesting_dims", "ckpt_path", "hydra", "seed")
 # Lightning's CSVLogger column of the validation top-1 at one size (val/top1_mean and the like do not match)
-VAL_COLUMN = re.compile(r"^val/top1@(\d+)$")
+VAL_COLUMN = re.compile(r"^val/(?:zero_shot_)?top1@(\d+)$")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -265,6 +269,11 @@ class Study:
     def is_imagenet(self) -> bool:
         return str(_get(self.config, "data.name", "")).lower() == "imagenet"
 
+    @property
+    def is_image_text(self) -> bool:
+        """A study of dual encoders (``model.task=dual_encoder``): zero-shot and cross-modal tables."""
+        return _get(self.config, "model.task") == "dual_encoder"
+
     def groups(self) -> list[list[Model]]:
         """Every model's seed replicas (:func:`_grouped`): MRL, MRL-E, then FF by k."""
         return _grouped(self.models.values())
@@ -360,6 +369,10 @@ def _load_model(model: Model, study_root: Path, missing: list[str], notes: list[
         missing.append(f"{model.name}: .hydra/overrides.yaml missing (training command unknown)")
     if (model.path / "metrics_by_dim.csv").is_file():
         model.metrics = read_csv(model.path / "metrics_by_dim.csv", *METRICS_COLUMNS)
+        header = list(model.metrics[0]) if model.metrics else []
+        if not any(c in header for c in HEADLINE_COLUMNS):
+            raise ConfigError(str(model.path / "metrics_by_dim.csv"), f"has no column {' or '.join(HEADLINE_COLUMNS)} "
+                              f"(its columns: {', '.join(header)})", REWRITE)
     else:
         state = "a checkpoints/last.ckpt exists" if (model.path / "checkpoints" / "last.ckpt").is_file() \
             else "no checkpoints/last.ckpt yet"
@@ -547,20 +560,24 @@ def _summarise(root: Path, models: dict[str, Model], missing: list[str], notes: 
             sizes |= {int(r["dim"]) for r in m.eval["baselines"] if r.get("dim") is not None}
     sizes_sorted = sorted(sizes)
 
-    # what a complete study has
-    expected = [] if single_run else ["mrl", "mrle"] + [f"ff{d}" for d in sorted(int(d) for d in nesting)]
+    # what a complete study has: an image-text study (model.task=dual_encoder) MRL and FF at the full width at
+    # least, evaluated by zero_shot and cross_modal_retrieval; a classification study every model and evaluator
+    image_text = _get(config, "model.task") == "dual_encoder"
+    expected = [] if single_run else ["mrl", f"ff{width}"] if image_text else \
+        ["mrl", "mrle"] + [f"ff{d}" for d in sorted(int(d) for d in nesting)]
     present = {m.base for m in models.values()}
     missing[:0] = [f"{name}: model folder missing" for name in expected if name not in present]
     for m in models.values():
         if not m.eval_dir.is_dir():
             missing.append(f"{m.name}: eval/ missing (evaluation stage not run)")
             continue
-        wanted = ["classification", "retrieval"] + (["adaptive_classification", "adaptive_retrieval"]
-                                                    if m.kind in ("mrl", "mrle") else [])
+        wanted = ["zero_shot", "cross_modal_retrieval"] if image_text else ["classification", "retrieval"] + (
+            ["adaptive_classification", "adaptive_retrieval"] if m.kind in ("mrl", "mrle") else [])
         for name in wanted:
             if name not in m.eval:
                 missing.append(f"{m.name}: eval/{name}.csv missing")
-    if not single_run and width is not None and not any("baselines" in m.eval for m in models.values()):
+    if not single_run and not image_text and width is not None \
+            and not any("baselines" in m.eval for m in models.values()):
         missing.append(f"ff{width}: eval/baselines.csv missing (SVD, Rand-LP and Rand-FS columns left empty)")
 
     # the recipe should be the same for every model: list the settings that differ
@@ -925,10 +942,43 @@ def validation_curve_table(study: Study) -> Table:
                  spread=labels)
 
 
+def zero_shot_table(study: Study) -> Table:
+    def per_model(m):
+        if "zero_shot" in m.eval:
+            return m.eval["zero_shot"], "eval/zero_shot.csv", "top1"
+        return m.metrics, "metrics_by_dim.csv", "zero_shot_top1"
+
+    return _by_size(study, "zero_shot_by_size", "Zero-shot top-1 (%) by representation size", MODEL_COLUMNS,
+                    per_model, (), ["Image-text models: each test image against the class prompts encoded by the text "
+                                    "tower, at the size-d prefix of both (eval/zero_shot.csv, else the training run's "
+                                    "metrics_by_dim.csv); FF at its own size k."])
+
+
+def cross_modal_table(study: Study) -> Table:
+    def per_model(m):
+        return m.eval.get("cross_modal_retrieval"), "eval/cross_modal_retrieval.csv", "rsum"
+
+    return _by_size(study, "cross_modal_rsum_by_size", "Cross-modal retrieval: the sum of recalls by size",
+                    MODEL_COLUMNS, per_model, (),
+                    ["rsum: image->text plus text->image recall@1, 5 and 10 at the size-d prefix (each in %, so at "
+                     "most 600), over the distinct images and captions of the test split "
+                     "(eval/cross_modal_retrieval.csv, where each recall is also given); FF at its own size k."])
+
+
+#: the by-size tables of image-text studies: (plot's y label, title)
+IMAGE_TEXT_TABLES = {"zero_shot_by_size": ("zero-shot top-1 (%)", "Zero-shot top-1 by size"),
+                     "cross_modal_rsum_by_size": ("rsum (sum of six recalls, %)", "Cross-modal retrieval by size")}
+
+
 def build_tables(study: Study, k: int = 10) -> dict[str, Table]:
-    tables = [top1_table(study), knn_table(study), map_table(study, k), retrieval_table(study, k),
-              adaptive_classification_table(study), adaptive_retrieval_table(study), validation_curve_table(study)]
-    return {t.name: t for t in tables}
+    """Every table of the study's kind: classification (linear and 1-NN top-1, mAP@k, retrieval, adaptive
+    classification and retrieval) or image-text (zero-shot top-1, cross-modal rsum); the validation curve."""
+    if study.is_image_text:
+        tables = [zero_shot_table(study), cross_modal_table(study)]
+    else:
+        tables = [top1_table(study), knn_table(study), map_table(study, k), retrieval_table(study, k),
+                  adaptive_classification_table(study), adaptive_retrieval_table(study)]
+    return {t.name: t for t in [*tables, validation_curve_table(study)]}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -1475,7 +1525,6 @@ def findings_markdown(tables: Mapping[str, Table], k: int = 10, tolerance: float
     them (differences of means over seeds, in points, each judged against its spread), so the prose of a
     study README can cite it without retyping. ``seeds``: ``{model label: its seeds}``
     (:meth:`Study.seeds`), listed when given."""
-    top1, mapk = tables["top1_by_size"], tables[f"map{k}_by_size"]
     out = ["# The paper's claims, checked on this study's numbers", "",
            "Computed by `mrl.report.study.findings_markdown` from the tables of this folder; all in % and "
            "percentage points.", "",
@@ -1492,6 +1541,12 @@ def findings_markdown(tables: Mapping[str, Table], k: int = 10, tolerance: float
     if seeds is not None:
         out += ["## Seeds per model", ""] + [f"* {label}: {', '.join(map(str, s))}" for label, s in seeds.items()]
         out.append("")
+    if "zero_shot_by_size" in tables:  # an image-text study
+        out += ["## Per size: MRL vs FF", ""]
+        out += _comparison(tables["zero_shot_by_size"], "MRL", "FF", "MRL vs FF-k, zero-shot top-1")
+        out += _comparison(tables["cross_modal_rsum_by_size"], "MRL", "FF", "MRL vs FF-k, cross-modal rsum")
+        return "\n".join(out + [""] + _validation_findings(tables["validation_curve"])).rstrip() + "\n"
+    top1, mapk = tables["top1_by_size"], tables[f"map{k}_by_size"]
     out += ["## Per size: MRL vs FF, MRL-E vs MRL, and the post-hoc baselines", ""]
     out += _comparison(top1, "MRL", "FF", "MRL vs FF-k, linear top-1")
     out += _comparison(mapk, "MRL", "FF", f"MRL vs FF-k, mAP@{k}")
@@ -1566,22 +1621,26 @@ def write_report(study: Study, out_dir: str | Path, title: str | None = None, k:
     for t in tables.values():
         files += write_report_table(t, out).values()
     plots: dict[str, Path | None] = {}
-    plots["top1_by_size"] = plot_by_size(tables["top1_by_size"], out / "top1_by_size.png", "top-1 accuracy (%)",
-                                         f"Linear top-1 by size, {title}", ov and ov.get("top1_linear"))
-    plots["knn_top1_by_size"] = plot_by_size(tables["knn_top1_by_size"], out / "knn_top1_by_size.png",
-                                             "1-NN top-1 accuracy (%)", f"1-NN top-1 by size, {title}",
-                                             ov and ov.get("knn_top1"), {"Rand-FS": "Rand"})
-    name = f"map{k}_by_size"
-    plots[name] = plot_by_size(tables[name], out / f"{name}.png", f"mAP@{k} (%)", f"Retrieval mAP@{k} by size, {title}",
-                               ov and ov.get("map10") if k == 10 else None)
-    plots["retrieval_by_size"] = plot_retrieval_by_size(tables["retrieval_by_size"], out / "retrieval_by_size.png",
-                                                        f"Retrieval at k = {k} by size, {title}")
-    plots["adaptive_classification"] = plot_adaptive_classification(
-        tables["adaptive_classification"], out / "adaptive_classification.png", f"Adaptive classification, {title}",
-        ov)
-    plots["adaptive_retrieval"] = plot_adaptive_retrieval(
-        tables["adaptive_retrieval"], out / "adaptive_retrieval.png", f"Adaptive retrieval, {title}",
-        ov if k == 10 else None)
+    if not study.is_image_text:
+        plots["top1_by_size"] = plot_by_size(tables["top1_by_size"], out / "top1_by_size.png", "top-1 accuracy (%)",
+                                             f"Linear top-1 by size, {title}", ov and ov.get("top1_linear"))
+        plots["knn_top1_by_size"] = plot_by_size(tables["knn_top1_by_size"], out / "knn_top1_by_size.png",
+                                                 "1-NN top-1 accuracy (%)", f"1-NN top-1 by size, {title}",
+                                                 ov and ov.get("knn_top1"), {"Rand-FS": "Rand"})
+        name = f"map{k}_by_size"
+        plots[name] = plot_by_size(tables[name], out / f"{name}.png", f"mAP@{k} (%)",
+                                   f"Retrieval mAP@{k} by size, {title}", ov and ov.get("map10") if k == 10 else None)
+        plots["retrieval_by_size"] = plot_retrieval_by_size(tables["retrieval_by_size"], out / "retrieval_by_size.png",
+                                                            f"Retrieval at k = {k} by size, {title}")
+        plots["adaptive_classification"] = plot_adaptive_classification(
+            tables["adaptive_classification"], out / "adaptive_classification.png", f"Adaptive classification, {title}",
+            ov)
+        plots["adaptive_retrieval"] = plot_adaptive_retrieval(
+            tables["adaptive_retrieval"], out / "adaptive_retrieval.png", f"Adaptive retrieval, {title}",
+            ov if k == 10 else None)
+    else:
+        for name, (ylabel, heading) in IMAGE_TEXT_TABLES.items():
+            plots[name] = plot_by_size(tables[name], out / f"{name}.png", ylabel, f"{heading}, {title}")
     plots["validation_curve"] = plot_validation_curve(tables["validation_curve"], out / "validation_curve.png",
                                                       f"Validation top-1 per epoch, {title}")
     for stem, p in list(plots.items()):
