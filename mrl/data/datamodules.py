@@ -618,7 +618,6 @@ class ShardsDataModule(ShardStreaming, ImageDataModule):
         return EvalShardStream(self.shard_root, names[split], self.meta, eval_transform, with_index=True)
 
 
-@register_datamodule("text")
 def adopt_text_encoder(datamodule: Any, encoder: Mapping[str, Any], owner: str = "encoder") -> None:
     """Point ``datamodule``'s ``tokenizer_name``/``max_length`` at a checkpoint's text encoder (its ``name`` and
     ``max_length`` settings; ``owner`` names it in the error): fills the ones left unset (``scripts/embed.py`` has no
@@ -632,6 +631,7 @@ def adopt_text_encoder(datamodule: Any, encoder: Mapping[str, Any], owner: str =
     datamodule.tokenizer_name, datamodule.max_length = name, limit
 
 
+@register_datamodule("text")
 class TextDataModule(ClassificationDataModule):
     """Text classification (:mod:`mrl.data.text`): a shared format (``trec``, ``sst2``, ``ag_news``), local
     ``tsv``/``csv``/``jsonl`` files with the columns named in config, or a Hugging Face data set (``hf``, by name,
