@@ -38,6 +38,7 @@ def cranfield_subset(target: Path, num_docs: int) -> tuple[Path, int]:
     return target, len({line.split()[0] for line in kept if 1 <= int(line.split()[2]) <= 4})
 
 
+@pytest.mark.slow  # minutes of CPU: `make test-slow` (faster end-to-end tests of the same path stay in CI)
 @pytest.mark.skipif(not all(p.is_dir() for p in (SNLI, STSB, CRANFIELD)), reason="the shared text data is not here")
 def test_nli_minilm_2d_trains_embeds_and_scores_sts_and_cranfield(tmp_path):
     snli = subset(SNLI, tmp_path / "snli", [f"{f}.{s}" for f in ("s1", "s2", "labels") for s in ("dev", "test")],

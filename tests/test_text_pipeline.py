@@ -14,6 +14,7 @@ DIMS = [12, 24, 48, 96, 192, 384]
 
 
 
+@pytest.mark.slow  # minutes of CPU: `make test-slow` (faster end-to-end tests of the same path stay in CI)
 @pytest.mark.skipif(not TREC.is_dir(), reason="the shared TREC files are not here")
 def test_trec_minilm_trains_embeds_evaluates_and_reports(tmp_path):
     data = tmp_path / "trec"
