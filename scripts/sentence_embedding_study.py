@@ -393,8 +393,9 @@ def _benchmark_section(results: Path) -> str:
         repeats = len(part["values"]["ours"]) if "values" in part else record["repeats"]
         lines.append(f"| {part['what']} | {part['ours']:.1f} {part['unit']} | {part['peer']:.1f} {part['unit']} | "
                      f"{part['ratio']:.3f} | {repeats} |")
-    lines += ["", (f"Medians of the alternated repeats (ours, then the peer, in turn), one process, {record['threads']} "
-                   f"torch threads, {record['machine']} ({record['cpus']} CPUs, shared with other jobs); torch "
+    lines += ["", (f"Medians of the alternated repeats (ours, then the peer, in turn), one process, "
+                   f"{record['threads']} torch threads, {record['machine']} ({record['cpus']} CPUs, shared with other "
+                   "jobs); torch "
                    f"{record['torch']}, sentence-transformers {record['sentence_transformers']}. "
                    "A ratio below 1 means ours is faster.")]
     return "\n".join(lines)
@@ -458,11 +459,13 @@ def write_report(results: Path, seeds: Sequence[int] = SEEDS) -> list[Path]:
               + ", ".join(f"`{u}`" for u in missing))
     verdict = _verdict(rows)
     checks = _checks_section(by_arm)
-    commands = "\n".join(f"* `{r['unit']}`: `{(results / 'runs' / r['unit'] / 'command.txt').read_text().splitlines()[0]}`"
-                         for records in by_arm.values() for r in records
-                         if (results / "runs" / r["unit"] / "command.txt").is_file())
+    command_files = [(r["unit"], results / "runs" / r["unit"] / "command.txt")
+                     for records in by_arm.values() for r in records]
+    commands = "\n".join(f"* `{unit}`: `{path.read_text().splitlines()[0]}`"
+                         for unit, path in command_files if path.is_file())
     table = markdown_table(rows, arms) if rows else "No unit has finished yet."
-    text = f"""# Matryoshka sentence embeddings: ours against sentence-transformers' `MatryoshkaLoss` (MiniLM, SNLI, STS-B)
+    title = "Matryoshka sentence embeddings: ours against sentence-transformers' `MatryoshkaLoss` (MiniLM, SNLI, STS-B)"
+    text = f"""# {title}
 
 **Status: {status}.** Written by `python scripts/sentence_embedding_study.py report` from `runs/*/result.json`
 (the small outputs of each finished unit); no number here is typed by hand.
