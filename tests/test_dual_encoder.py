@@ -388,7 +388,7 @@ def test_caption_files_to_shards_stream_pairs_with_their_ids(tmp_path):
     images = [test[k][0] for k in sorted(test)]
     captions = [test[k][1] for k in sorted(test)]
     assert sorted(captions) == sorted(r.split("\t")[1] for r in rows[:8])
-    assert relations["image_ids"].tolist() == [images.index(b) and len(set(images[:images.index(b)])) for b in images]
+    assert relations["image_ids"].tolist() == [len(set(images[:images.index(b)])) for b in images]
     assert relations["caption_ids"].tolist() == [len(set(captions[:captions.index(c)])) for c in captions]
     assert extra == {"captions": "caption file"}
     streamed = list(dm.split_dataset("test"))

@@ -547,6 +547,16 @@ class ShardStreaming:
                                  pin_memory=self.pin_memory, collate_fn=self.collate_fn,
                                  epoch=lambda: trainer.current_epoch if trainer is not None else stream.epoch)
 
+    def shard_split(self, split: str) -> str:
+        """The shard split that ``scripts/embed.py``'s ``split`` names (``train``, ``val``: the converter's
+        ``holdout``, ``test``: ``eval_split``), after setting the data up; an absent one is a one-line error."""
+        self.setup("test")
+        names = {"train": "train", "val": "holdout", "test": self.eval_split}
+        if split not in names or names[split] not in self.meta["splits"]:
+            available = sorted(k for k, v in names.items() if v in self.meta["splits"])
+            raise ConfigError("splits", f"unknown or absent split {split!r}", f"choose from {available}")
+        return names[split]
+
     def eval_dataloader(self, dataset) -> DataLoader:
         from mrl.data.shards import EvalShardStream
 
@@ -609,13 +619,8 @@ class ShardsDataModule(ShardStreaming, ImageDataModule):
         ``test`` (``eval_split``), streamed with each sample's index (see :class:`EvalShardStream`)."""
         from mrl.data.shards import EvalShardStream
 
-        self.setup("test")
-        names = {"train": "train", "val": "holdout", "test": self.eval_split}
-        if split not in names or names[split] not in self.meta["splits"]:
-            available = sorted(k for k, v in names.items() if v in self.meta["splits"])
-            raise ConfigError("splits", f"unknown or absent split {split!r}", f"choose from {available}")
         _, eval_transform = TRANSFORMS[self.transform](self.image_size)
-        return EvalShardStream(self.shard_root, names[split], self.meta, eval_transform, with_index=True)
+        return EvalShardStream(self.shard_root, self.shard_split(split), self.meta, eval_transform, with_index=True)
 
 
 def adopt_text_encoder(datamodule: Any, encoder: Mapping[str, Any], owner: str = "encoder") -> None:

@@ -325,7 +325,7 @@ class ImageTextDataModule(ShardStreaming, ImageDataModule):
             fit, held = (stratified_holdout([y for _, y in train_samples], self.val_fraction, self.seed)
                          if self.validation == "holdout" else (None, None))
         elif self.format == "webdataset":
-            self._build_streams(train_transform, eval_transform)
+            self._build_streams(train_transform)
             name = self.tokenizer_name.removeprefix(TEXT_PREFIX)
             self.collate_fn = ImageTextCollate(load_tokenizer(name), self.max_length)
             return
@@ -354,8 +354,8 @@ class ImageTextDataModule(ShardStreaming, ImageDataModule):
         self.test_set = test
         self._assign_validation(holdout, test)
 
-    def _build_streams(self, train_transform: Callable, eval_transform: Callable) -> None:
-        from mrl.data.shards import EvalShardStream, TrainShardStream, read_meta
+    def _build_streams(self, train_transform: Callable) -> None:
+        from mrl.data.shards import TrainShardStream, read_meta
 
         self.shard_root = Path(str(self.root)).expanduser()
         self.meta = read_meta(self.shard_root)
@@ -369,33 +369,28 @@ class ImageTextDataModule(ShardStreaming, ImageDataModule):
         if not self.meta.get("captions") and not self.class_names:
             raise ConfigError("data.root", f"the samples of {self.shard_root} have neither captions nor classes",
                               "convert caption files (--captions tsv) or an ImageFolder with scripts/make_shards.py")
-        templates = None if self.meta.get("captions") else self.templates
-        if templates is None:
-            self.templates = None  # captions of their own: no templates to report
-
-        def stream(split: str, draw: str = "fixed", with_index: bool = False) -> EvalShardStream:
-            return EvalShardStream(self.shard_root, split, self.meta, eval_transform, with_index=with_index,
-                                   make_item=ShardPair(templates, self.class_names, draw, self.seed))
-
-        self.eval_stream = stream
+        if self.meta.get("captions"):
+            self.templates = None  # captions of their own: no templates to use or report
         self.train_set = TrainShardStream(self.shard_root, self.meta, train_transform, self.batch_size, self.seed,
                                           self.shuffle_buffer,
-                                          make_item=ShardPair(templates, self.class_names, "random", self.seed))
-        self.test_set = stream(self.eval_split)
-        self.val_set = {"holdout": lambda: stream("holdout"), "test": lambda: self.test_set,
+                                          make_item=ShardPair(self.templates, self.class_names, "random", self.seed))
+        self.test_set = self._eval_stream(self.eval_split)
+        self.val_set = {"holdout": lambda: self._eval_stream("holdout"), "test": lambda: self.test_set,
                         "none": lambda: None}[self.validation]()
+
+    def _eval_stream(self, split: str, with_index: bool = False):
+        from mrl.data.shards import EvalShardStream
+
+        _, eval_transform = TRANSFORMS[self.transform](self.image_size)
+        return EvalShardStream(self.shard_root, split, self.meta, eval_transform, with_index=with_index,
+                               make_item=ShardPair(self.templates, self.class_names, "fixed", self.seed))
 
     def split_dataset(self, split: str):
         """As the base's, and for shards the split streamed with each sample's index: ``train`` (evaluation
         transforms), ``val`` (the ``holdout`` split) or ``test``."""
         if self.format != "webdataset":
             return super().split_dataset(split)
-        self.setup("test")
-        names = {"train": "train", "val": "holdout", "test": self.eval_split}
-        if split not in names or names[split] not in self.meta["splits"]:
-            available = sorted(k for k, v in names.items() if v in self.meta["splits"])
-            raise ConfigError("splits", f"unknown or absent split {split!r}", f"choose from {available}")
-        return self.eval_stream(names[split], with_index=True)
+        return self._eval_stream(self.shard_split(split), with_index=True)
 
     # ------------------------------------------------------------------------------------------ embedding
 
