@@ -15,6 +15,8 @@ sentence-transformers' ``MatryoshkaLoss(MultipleNegativesRankingLoss)``), ``ff38
 the per-size Spearman and checks; the command; the config; the training record) and is committed alone
 (``--commit``); a unit whose folder holds ``result.json`` is skipped, so a rerun continues where the last stopped.
 Checkpoints and models stay in ``--work-dir`` (not committed); a training run that finished there is reused.
+Drivers started side by side split the units (a lock per unit in ``--work-dir``): on a 2-core CPU, two drivers at
+one thread each (``OMP_NUM_THREADS=1``, e.g. ``--seeds 43`` and ``--seeds 44``) finish sooner than one at two.
 
 Evaluation, the same for every unit: the model's transformer loaded as our ``mrl.encoders.text.TextEncoder`` (mean
 pooling, at most 64 tokens), STS-B test (1,379 pairs, ``mrl.data.pairs.read_stsb``), Spearman x 100 of the cosine of
@@ -26,6 +28,8 @@ DataModule) and, for the peer, the largest difference between ``SentenceTransfor
 from __future__ import annotations
 
 import argparse
+import contextlib
+import fcntl
 import json
 import math
 import os
@@ -239,6 +243,40 @@ def commit(repo: Path, paths: Sequence[Path], message: str, attempts: int = 5) -
     print(f"warning: could not commit {rel}: {error}", file=sys.stderr)
 
 
+@contextlib.contextmanager
+def unit_lock(work: Path, name: str):
+    """Yields whether this process holds ``work/.<name>.lock`` (non-blocking ``flock``, released on exit, also
+    when the process dies): drivers run side by side, at one thread each, never train the same unit, and
+    never delete a run directory another is writing."""
+    work.mkdir(parents=True, exist_ok=True)
+    with open(work / f".{name}.lock", "w") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        yield True
+
+
+def run_unit(arm: str, seed: int | None, work: Path, results: Path, pairs, args: argparse.Namespace) -> None:
+    """Train (unless finished in ``work``), evaluate, collect and (``--commit``) commit one unit."""
+    name = unit_name(arm, seed)
+    run_dir = None if arm == "pretrained" else work / name
+    seconds = None
+    if run_dir is not None and not trained(arm, run_dir):
+        seconds = run_training(arm, seed, run_dir)
+    start = time.perf_counter()
+    result = evaluate_unit(arm, seed, run_dir, pairs)
+    print(f"[{time.strftime('%H:%M:%S')}] {name}: STS-B test Spearman "
+          + ", ".join(f"{m}: {v:.2f}" for m, v in result["spearman"].items())
+          + f" (evaluated in {time.perf_counter() - start:.0f} s)", flush=True)
+    out = results / "runs" / name
+    collect_unit(arm, seed, run_dir, out, result, seconds)
+    if args.commit:
+        commit(args.repo, [out], f"Sentence embeddings study: {name} (STS-B test Spearman per size, command, "
+                                 "config, training record)")
+
+
 def run(args: argparse.Namespace) -> int:
     results, work = args.results, args.work_dir
     pairs = stsb_test(args.data_dir)
@@ -248,20 +286,13 @@ def run(args: argparse.Namespace) -> int:
     print(f"{len(todo)} unit(s) to do: {', '.join(unit_name(a, s) for a, s in todo) or 'none'}", flush=True)
     for arm, seed in todo:
         name = unit_name(arm, seed)
-        run_dir = None if arm == "pretrained" else work / name
-        seconds = None
-        if run_dir is not None and not trained(arm, run_dir):
-            seconds = run_training(arm, seed, run_dir)
-        start = time.perf_counter()
-        result = evaluate_unit(arm, seed, run_dir, pairs)
-        print(f"[{time.strftime('%H:%M:%S')}] {name}: STS-B test Spearman "
-              + ", ".join(f"{m}: {v:.2f}" for m, v in result["spearman"].items())
-              + f" (evaluated in {time.perf_counter() - start:.0f} s)", flush=True)
-        out = results / "runs" / name
-        collect_unit(arm, seed, run_dir, out, result, seconds)
-        if args.commit:
-            commit(args.repo, [out], f"Sentence embeddings study: {name} (STS-B test Spearman per size, command, "
-                                     "config, training record)")
+        with unit_lock(work, name) as held:
+            if not held:  # a driver started beside this one has it: the two split the units
+                print(f"skip {name} (another driver holds it)", flush=True)
+                continue
+            if (results / "runs" / name / RESULT).is_file():  # finished by that driver after this one's plan
+                continue
+            run_unit(arm, seed, work, results, pairs, args)
     files = write_report(results)
     if args.commit:
         commit(args.repo, files, "Sentence embeddings study: README table and plot from the finished units")

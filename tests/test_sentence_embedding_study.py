@@ -154,3 +154,33 @@ def test_a_rerun_skips_finished_units_and_only_reports(tmp_path, monkeypatch):
     assert "complete" not in (tmp_path / "README.md").read_text().split("\n")[2]  # seeds 43, 44 are still missing
     assert [study.unit_name(a, s) for a, s in study.units([42, 43])][:5] == [
         "pretrained", "mrl-seed42", "st_matryoshka-seed42", "ff384-seed42", "mrl-seed43"]
+
+
+def test_drivers_side_by_side_split_the_units_by_lock(tmp_path, monkeypatch):
+    """A unit another driver holds (its lock taken by a second process) is neither trained nor its run directory
+    touched; the free units are done."""
+    import fcntl
+    import subprocess
+    import sys
+
+    work = tmp_path / "w"
+    (work / "mrl-seed43").mkdir(parents=True)
+    (work / "mrl-seed43" / "driver.log").write_text("the other driver's run\n")
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import fcntl, sys, time; h = open(sys.argv[1], 'w'); fcntl.flock(h, fcntl.LOCK_EX); print('held', flush=True);"
+        " time.sleep(60)"), str(work / ".mrl-seed43.lock")], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        done = []
+        monkeypatch.setattr(study, "stsb_test", lambda data_dir: None)
+        monkeypatch.setattr(study, "run_unit", lambda arm, seed, *a: done.append(study.unit_name(arm, seed)))
+        monkeypatch.setattr(study, "write_report", lambda results: [])
+        assert study.main(["run", "--seeds", "43", "--arms", "mrl", "ff384", "--results", str(tmp_path / "r"),
+                           "--work-dir", str(work), "--repo", str(tmp_path)]) == 0
+        assert done == ["ff384-seed43"]
+        assert (work / "mrl-seed43" / "driver.log").read_text() == "the other driver's run\n"
+    finally:
+        holder.kill()
+        holder.wait()
+    with open(work / ".mrl-seed43.lock", "w") as handle:  # released when the holder died
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
