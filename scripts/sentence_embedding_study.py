@@ -16,7 +16,8 @@ the per-size Spearman and checks; the command; the config; the training record) 
 (``--commit``); a unit whose folder holds ``result.json`` is skipped, so a rerun continues where the last stopped.
 Checkpoints and models stay in ``--work-dir`` (not committed); a training run that finished there is reused.
 Drivers started side by side split the units (a lock per unit in ``--work-dir``): on a 2-core CPU, two drivers at
-one thread each (``OMP_NUM_THREADS=1``, e.g. ``--seeds 43`` and ``--seeds 44``) finish sooner than one at two.
+one thread each (``OMP_NUM_THREADS=1``, e.g. ``--seeds 43`` and ``--seeds 44``) use the cores better than one
+driver at two threads.
 
 Evaluation, the same for every unit: the model's transformer loaded as our ``mrl.encoders.text.TextEncoder`` (mean
 pooling, at most 64 tokens), STS-B test (1,379 pairs, ``mrl.data.pairs.read_stsb``), Spearman x 100 of the cosine of
