@@ -1,5 +1,6 @@
 """Collect a study, or a single run, into comparison tables and plots:
-``python scripts/report.py --dir logs/cifar10_study --out results/cifar10 [--title ...] [--paper DIR]``.
+``python scripts/report.py --dir logs/cifar10_study --out results/cifar10 [--title ...] [--paper DIR]
+[--control DIR --control-label TEXT]``.
 
 Thin wrapper over :mod:`mrl.report.study`. ``--dir`` is a study folder (one run directory per model: ``mrl``,
 ``mrle``, ``ff<k>``, and seed replicas ``<model>-seed<s>``, averaged with their std in every table) or one run
@@ -7,6 +8,8 @@ directory (``scripts/train.py``'s output, optionally with ``embeddings/`` and ``
 detected. Writes ``<out>/``: ``top1_by_size``, ``knn_top1_by_size``, ``map10_by_size``, ``retrieval_by_size``,
 ``adaptive_classification``, ``adaptive_retrieval``, ``validation_curve`` (``.csv``, ``.md``, ``.json``,
 ``.png``), ``commands.md``, ``configs/<model>.yaml``, ``summary.md`` and ``findings.md``.
+``--control`` adds to ``findings.md`` a comparison with a control study (the same models trained another way, say
+``trainer.max_epochs=24``), per method and size, judged against the seed spread.
 Missing models or evaluator tables are listed in ``summary.md`` and skipped; an input file that does not
 parse stops the report with a one-line error naming it (exit status 2) before anything is written.
 """
@@ -40,6 +43,11 @@ def main(argv=None) -> int:
     overlay.add_argument("--no-imagenet", dest="imagenet", action="store_false",
                          help="never overlay the paper's curves")
     parser.add_argument("--k", type=int, default=10, help="retrieval cut-off for the mAP@k tables (default: 10)")
+    parser.add_argument("--control", type=Path, default=None,
+                        help="a control study folder (the same models trained another way, e.g. a longer schedule), "
+                             "compared with this study in findings.md")
+    parser.add_argument("--control-label", default=None,
+                        help="what the control changes, e.g. '24 epochs' (default: its folder name)")
     args = parser.parse_args(argv)
 
     try:
@@ -49,9 +57,18 @@ def main(argv=None) -> int:
         if paper is not None and not paper.is_dir():
             raise ConfigError("--paper", f"{paper} does not exist", "pass --no-paper to leave the paper out")
         study = collect(args.source)
+        control = None
+        if args.control is not None:
+            if not args.control.is_dir():
+                raise ConfigError("--control", f"{args.control} does not exist", "give the control study's folder")
+            control_study = collect(args.control)
+            if control_study.single_run:
+                raise ConfigError("--control", f"{args.control} is one run, not a study folder",
+                                  "give the folder holding the control's run directories (mrl, ff<k>, ...)")
+            control = (args.control_label or control_study.name, control_study)
         command = shlex.join(["python", "scripts/report.py", *(sys.argv[1:] if argv is None else argv)])
         report = write_report(study, args.out, title=args.title, k=args.k, paper_dir=paper, imagenet=args.imagenet,
-                              command=command)
+                              command=command, control=control)
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

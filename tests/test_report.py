@@ -945,3 +945,33 @@ def test_image_text_study_gets_zero_shot_and_cross_modal_tables_and_findings(tmp
     assert "linear top-1" not in findings
     assert (tmp_path / "out" / "zero_shot_by_size.png").is_file()
     assert not (tmp_path / "out" / "top1_by_size.csv").exists()
+
+
+def test_a_control_study_is_compared_per_method_and_size(tmp_path):
+    """``--control``: the control's MRL (one seed) and FF-8 against this study's (three seeds, std 1), each
+    difference judged against this study's spread taken for both sides."""
+    main = _hand_study(tmp_path)
+    control = tmp_path / "control"
+    for folder, values in {"mrl": {2: 63.0, 4: 66.5, 8: 74.0}, "ff8": {8: 69.0}}.items():
+        _model(control, folder, "ff" if folder.startswith("ff") else folder, list(values), False)
+        _write_csv(control / folder / "metrics_by_dim.csv", METRICS_COLS, [[d, v, 99.0] for d, v in values.items()])
+    out = tmp_path / "out"
+    proc = _report("--dir", str(main), "--out", str(out), "--no-paper", "--control", str(control),
+                   "--control-label", "24 epochs")
+    assert proc.returncode == 0, proc.stderr
+    text = (out / "findings.md").read_text()
+    assert "## Control: 24 epochs" in text
+    rows = _section_rows(text, "MRL, Linear-classifier top-1 (%) by representation size")
+    assumed = "2.00 (MRL (24 epochs): one seed, MRL (this study)'s std assumed)"
+    assert rows[8] == ["74.00", "71.00 ± 1.00 (3)", "+3.00", assumed, "higher"]   # 74 - 71 against 1 + 1
+    assert rows[4] == ["66.50", "66.00 ± 1.00 (3)", "+0.50", assumed, "within noise"]
+    assert rows[2] == ["63.00", "61.00 ± 1.00 (3)", "+2.00", assumed, "within noise"]  # not beyond 2
+    rows = _section_rows(text, "FF, Linear-classifier top-1 (%) by representation size")
+    assert list(rows) == [8] and rows[8][:3] == ["69.00", "68.50 ± 1.00 (3)", "+0.50"]
+    assert "MRL-E (24 epochs)" not in text  # the control did not train it
+
+    assert _report("--dir", str(main), "--out", str(tmp_path / "o2"), "--no-paper", "--control",
+                   str(control / "mrl")).stderr.splitlines() == [
+        f"error: --control: {control / 'mrl'} is one run, not a study folder; give the folder holding the control's "
+        "run directories (mrl, ff<k>, ...)"]
+    assert not (tmp_path / "o2").exists()

@@ -1519,12 +1519,49 @@ def _validation_findings(table: Table) -> list[str]:
     return out + [""]
 
 
+def _control_findings(tables: Mapping[str, Table], control: Mapping[str, Table], label: str,
+                      names: Sequence[str]) -> list[str]:
+    """A control study (the same recipe changed in one respect, say a longer schedule) against this one: for
+    each method the control trained and each table of ``names``, control - this study at every size both have,
+    judged by :func:`_comparison` (a side with one seed takes the other's std: the control's models usually have
+    one seed, this study's several)."""
+    out = [f"## Control: {label}", "",
+           (f"The same models trained as the control `{label}` says, against this study's: where the control moves "
+            "a number by more than the spread, this study's number is not final in that respect."), ""]
+    here = "this study"
+    for name in names:
+        mine, theirs = tables.get(name), control.get(name)
+        if mine is None or theirs is None:
+            continue
+        methods = [c for c in theirs.columns[1:] if c in mine.columns and any(_num(v) is not None
+                                                                              for v in theirs.column(c))]
+        merged = Table(name, mine.title, ["dim"], [])
+        rows: dict[int, dict[str, Any]] = {}
+        for method in methods:
+            for table, who in ((theirs, label), (mine, here)):
+                column = f"{method} ({who})"
+                merged.columns.append(column)
+                if method in table.spread:
+                    merged.spread.append(column)
+                for r in table.rows:
+                    row = rows.setdefault(r["dim"], {"dim": r["dim"]})
+                    row[column] = r.get(method)
+                    if method in table.spread:
+                        row[column + merged.std], row[column + "_n"] = r.get(method + table.std), r.get(method + "_n")
+        merged.rows = [rows[d] for d in sorted(rows)]
+        for method in methods:
+            out += _comparison(merged, f"{method} ({label})", f"{method} ({here})", f"{method}, {mine.title}")
+    return out
+
+
 def findings_markdown(tables: Mapping[str, Table], k: int = 10, tolerance: float = 0.5,
-                      seeds: Mapping[str, Sequence[int]] | None = None) -> str:
+                      seeds: Mapping[str, Sequence[int]] | None = None,
+                      control: tuple[str, Mapping[str, Table]] | None = None) -> str:
     """The paper's claims checked on this study's tables: every number below is computed here from
     them (differences of means over seeds, in points, each judged against its spread), so the prose of a
     study README can cite it without retyping. ``seeds``: ``{model label: its seeds}``
-    (:meth:`Study.seeds`), listed when given."""
+    (:meth:`Study.seeds`), listed when given. ``control``: ``(label, tables of a control study)``, compared
+    section by section (:func:`_control_findings`)."""
     out = ["# The paper's claims, checked on this study's numbers", "",
            "Computed by `mrl.report.study.findings_markdown` from the tables of this folder; all in % and "
            "percentage points.", "",
@@ -1545,7 +1582,10 @@ def findings_markdown(tables: Mapping[str, Table], k: int = 10, tolerance: float
         out += ["## Per size: MRL vs FF", ""]
         out += _comparison(tables["zero_shot_by_size"], "MRL", "FF", "MRL vs FF-k, zero-shot top-1")
         out += _comparison(tables["cross_modal_rsum_by_size"], "MRL", "FF", "MRL vs FF-k, cross-modal rsum")
-        return "\n".join(out + [""] + _validation_findings(tables["validation_curve"])).rstrip() + "\n"
+        out += [""] + _validation_findings(tables["validation_curve"])
+        if control:
+            out += _control_findings(tables, control[1], control[0], list(IMAGE_TEXT_TABLES))
+        return "\n".join(out).rstrip() + "\n"
     top1, mapk = tables["top1_by_size"], tables[f"map{k}_by_size"]
     out += ["## Per size: MRL vs FF, MRL-E vs MRL, and the post-hoc baselines", ""]
     out += _comparison(top1, "MRL", "FF", "MRL vs FF-k, linear top-1")
@@ -1590,6 +1630,8 @@ def findings_markdown(tables: Mapping[str, Table], k: int = 10, tolerance: float
                       f"MFLOPs, {ar.cell(best, 'speedup')}x faster wall-clock on this machine" if best
                       else f"no setting reaches the exact {metric}") + ".")
     out += [""] + _validation_findings(tables["validation_curve"])
+    if control:
+        out += _control_findings(tables, control[1], control[0], ["top1_by_size", f"map{k}_by_size"])
     return "\n".join(out).rstrip() + "\n"
 
 
@@ -1604,12 +1646,13 @@ class Report:
 
 def write_report(study: Study, out_dir: str | Path, title: str | None = None, k: int = 10,
                  paper_dir: str | Path | None = DEFAULT_PAPER_DIR, imagenet: bool | None = None,
-                 command: str | None = None) -> Report:
+                 command: str | None = None, control: tuple[str, Study] | None = None) -> Report:
     """Write the study's tables, plots, ``commands.md``, ``configs/``, ``summary.md`` and ``findings.md`` into
     ``out_dir``.
 
     ``imagenet``: overlay the paper's curves (``None``: when the study's config says ``data.name:
-    imagenet``). ``paper_dir``: the paper reference CSVs (``None`` or absent: no paper numbers)."""
+    imagenet``). ``paper_dir``: the paper reference CSVs (``None`` or absent: no paper numbers). ``control``:
+    ``(label, study)``, a control study (the same models trained another way) compared in ``findings.md``."""
     title = title or study.name
     paper = load_paper_reference(paper_dir) if paper_dir and Path(paper_dir).is_dir() else {}
     overlay = bool(paper) and (study.is_imagenet if imagenet is None else imagenet)
@@ -1660,6 +1703,7 @@ def write_report(study: Study, out_dir: str | Path, title: str | None = None, k:
                 files.append(dst)
     atomic_write_text(out / "commands.md", commands_markdown(study, out))
     atomic_write_text(out / "summary.md", summary_markdown(study, tables, plots, title, command, paper, overlay))
-    atomic_write_text(out / "findings.md", findings_markdown(tables, k, seeds=study.seeds()))
+    compared = (control[0], build_tables(control[1], k)) if control else None
+    atomic_write_text(out / "findings.md", findings_markdown(tables, k, seeds=study.seeds(), control=compared))
     files += [out / "commands.md", out / "summary.md", out / "findings.md"]
     return Report(out, study, tables, plots, files)
