@@ -975,3 +975,24 @@ def test_a_control_study_is_compared_per_method_and_size(tmp_path):
         f"error: --control: {control / 'mrl'} is one run, not a study folder; give the folder holding the control's "
         "run directories (mrl, ff<k>, ...)"]
     assert not (tmp_path / "o2").exists()
+
+
+def test_a_setting_missing_from_older_configs_is_not_called_a_recipe_change(study):
+    """A key only newer runs' configs have (the framework added it later) is noted as such; a value that really
+    differs is a recipe difference, with the models that lack it shown as not set."""
+    def edit(folder, change):
+        path = study / folder / ".hydra" / "config.yaml"
+        cfg = yaml.safe_load(path.read_text())
+        change(cfg)
+        path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+
+    folders = sorted(p.name for p in study.iterdir() if (p / ".hydra" / "config.yaml").is_file())
+    for folder in folders[1:]:
+        edit(folder, lambda cfg: cfg["model"].update(compile=False))
+    edit(folders[1], lambda cfg: cfg["trainer"].update(max_epochs=5))
+    notes = collect_study(study).notes
+    assert f"model.compile is not in the configs of {folders[0]} (made before the setting existed); the others " \
+           "have False" in notes
+    differs = [n for n in notes if n.startswith("recipe differs")]
+    assert differs == ["recipe differs across models: trainer.max_epochs = " + ", ".join(
+        f"{f}: {5 if f == folders[1] else 3}" for f in folders)]

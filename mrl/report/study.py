@@ -586,10 +586,15 @@ def _summarise(root: Path, models: dict[str, Model], missing: list[str], notes: 
     for key in keys:
         if any(key == p or key.startswith(p + ".") for p in PER_MODEL_KEYS):
             continue
-        values = {name: f.get(key) for name, f in flat.items()}
-        if len({json.dumps(v, sort_keys=True, default=str) for v in values.values()}) > 1:
+        given = {name: f[key] for name, f in flat.items() if key in f}
+        absent = [name for name in flat if name not in given]
+        distinct = {json.dumps(v, sort_keys=True, default=str) for v in given.values()}
+        if absent and len(distinct) == 1:  # runs made before the framework had the setting: not a recipe change
+            notes.append(f"{key} is not in the configs of {', '.join(absent)} (made before the setting existed); "
+                         f"the others have {next(iter(given.values()))}")
+        elif len(distinct) > 1 or absent:
             notes.append(f"recipe differs across models: {key} = " +
-                         ", ".join(f"{n}: {v}" for n, v in values.items()))
+                         ", ".join(f"{n}: {given.get(n, '(not set)')}" for n in flat))
     study = Study(root, models, sizes_sorted, width, config, ref.name if ref else None, missing, notes, nesting,
                   single_run)
     b = study.baselines_models()
