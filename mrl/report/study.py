@@ -592,7 +592,7 @@ def _summarise(root: Path, models: dict[str, Model], missing: list[str], notes: 
         if absent and len(distinct) == 1:  # runs made before the framework had the setting: not a recipe change
             notes.append(f"{key} is not in the configs of {', '.join(absent)} (made before the setting existed); "
                          f"the others have {next(iter(given.values()))}")
-        elif len(distinct) > 1 or absent:
+        elif len(distinct) > 1:
             notes.append(f"recipe differs across models: {key} = " +
                          ", ".join(f"{n}: {given.get(n, '(not set)')}" for n in flat))
     study = Study(root, models, sizes_sorted, width, config, ref.name if ref else None, missing, notes, nesting,
