@@ -8,6 +8,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export STUDY_DIR=${STUDY_DIR:-logs/cifar10_study_gpu}
 export RESULTS_DIR=${RESULTS_DIR:-results/cifar10_gpu}
+export TITLE=${TITLE:-CIFAR-10, ResNet-18 (CIFAR stem, bf16, one GPU), ${EPOCHS:-60} epochs}
 exec scripts/cifar10_study.sh trainer=gpu model.backbone.small_input=true model.channels_last=true \
   trainer.precision=bf16-mixed "data.batch_size=${BATCH:-512}" "data.num_workers=${WORKERS:-8}" \
   "trainer.max_epochs=${EPOCHS:-60}" "$@"

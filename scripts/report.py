@@ -1,5 +1,5 @@
 """Collect a study, or a single run, into comparison tables and plots:
-``python scripts/report.py --dir logs/cifar10_study --out results/cifar10 [--title ...] [--paper DIR]
+``python scripts/report.py --dir logs/cifar10_24ep --out results/cifar10_24ep [--title ...] [--paper DIR]
 [--control DIR --control-label TEXT]``.
 
 Thin wrapper over :mod:`mrl.report.study`. ``--dir`` is a study folder (one run directory per model: ``mrl``,

@@ -21,7 +21,7 @@ the spread of the two sides.
 ::
 
     from mrl.report.study import collect, write_report
-    study = collect("logs/cifar10_study")          # or one run: collect("logs/cifar10_study/mrl")
+    study = collect("logs/cifar10_24ep")          # or one run: collect("logs/cifar10_24ep/mrl")
     write_report(study, "results/cifar10", title="CIFAR-10, ResNet-18")
 
 :func:`load_paper_reference` reads the paper's published ImageNet-1K ResNet-50 numbers
