@@ -22,7 +22,7 @@ the spread of the two sides.
 
     from mrl.report.study import collect, write_report
     study = collect("logs/cifar10_24ep")          # or one run: collect("logs/cifar10_24ep/mrl")
-    write_report(study, "results/cifar10", title="CIFAR-10, ResNet-18")
+    write_report(study, "results/cifar10_24ep", title="CIFAR-10, ResNet-18, 24 epochs")
 
 :func:`load_paper_reference` reads the paper's published ImageNet-1K ResNet-50 numbers
 (``results/paper_reference``); an ImageNet study's plots draw them dashed beside ours.
@@ -1140,19 +1140,29 @@ def comparison_table(study: Study, k: int = 10) -> Table:
     """One table of the runs compared: per size, every method's linear top-1 (``top-1 MRL``, ``top-1 FF``, ...)
     and, where the runs were evaluated, its mAP@k (``mAP@k MRL``, ...), means over seeds with their spreads."""
     parts = [("top-1", top1_table(study)), (f"mAP@{k}", map_table(study, k))]
+    picks = [(table, c, f"{prefix} {c}") for prefix, table in parts
+             for c in table.columns if c != "dim" and any(r.get(c) is not None for r in table.rows)]
+    table = _join_by_dim("comparison", f"Runs compared by size: linear top-1 and mAP@{k} (%)", picks)
+    table.notes, table.sources = [n for _, t in parts for n in t.notes], [s for _, t in parts for s in t.sources]
+    return table
+
+
+def _join_by_dim(name: str, title: str, picks: Sequence[tuple[Table, str, str]]) -> Table:
+    """Columns of several tables side by side, one row per size: ``picks`` = ``(table, column, new name)`` in
+    column order; a spread column brings its std and seed count along."""
     rows: dict[int, dict[str, Any]] = {}
-    columns, spread, notes, sources = ["dim"], [], [], []
-    for prefix, table in parts:
-        methods = [c for c in table.columns if c != "dim" and any(r.get(c) is not None for r in table.rows)]
-        columns += [f"{prefix} {c}" for c in methods]
-        spread += [f"{prefix} {c}" for c in methods if c in table.spread]
+    joined = Table(name, title, ["dim"], [])
+    for table, column, new in picks:
+        joined.columns.append(new)
+        if column in table.spread:
+            joined.spread.append(new)
         for r in table.rows:
             row = rows.setdefault(r["dim"], {"dim": r["dim"]})
-            row.update({f"{prefix} {key}": v for key, v in r.items() if key != "dim"})
-        notes += table.notes
-        sources += table.sources
-    return Table("comparison", f"Runs compared by size: linear top-1 and mAP@{k} (%)", columns,
-                 [rows[d] for d in sorted(rows)], notes, sources, spread=spread)
+            row[new] = r.get(column)
+            if column in table.spread:
+                row[new + joined.std], row[new + "_n"] = r.get(column + table.std), r.get(column + "_n")
+    joined.rows = [rows[d] for d in sorted(rows)]
+    return joined
 
 
 def plot_comparison(table: Table, path: Path, title: str) -> Path | None:
@@ -1540,20 +1550,8 @@ def _control_findings(tables: Mapping[str, Table], control: Mapping[str, Table],
             continue
         methods = [c for c in theirs.columns[1:] if c in mine.columns and any(_num(v) is not None
                                                                               for v in theirs.column(c))]
-        merged = Table(name, mine.title, ["dim"], [])
-        rows: dict[int, dict[str, Any]] = {}
-        for method in methods:
-            for table, who in ((theirs, label), (mine, here)):
-                column = f"{method} ({who})"
-                merged.columns.append(column)
-                if method in table.spread:
-                    merged.spread.append(column)
-                for r in table.rows:
-                    row = rows.setdefault(r["dim"], {"dim": r["dim"]})
-                    row[column] = r.get(method)
-                    if method in table.spread:
-                        row[column + merged.std], row[column + "_n"] = r.get(method + table.std), r.get(method + "_n")
-        merged.rows = [rows[d] for d in sorted(rows)]
+        merged = _join_by_dim(name, mine.title, [(table, method, f"{method} ({who})") for method in methods
+                                                 for table, who in ((theirs, label), (mine, here))])
         for method in methods:
             out += _comparison(merged, f"{method} ({label})", f"{method} ({here})", f"{method}, {mine.title}")
     return out
