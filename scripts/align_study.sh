@@ -12,11 +12,14 @@ cd "$(dirname "$0")/.."
 source scripts/lib/outputs.sh
 PY=${PY:-python}
 STUDY_DIR=${STUDY_DIR:-logs/align_cifar10} RESULTS_DIR=${RESULTS_DIR:-results/align_cifar10}
-MODELS=${MODELS:-mrl ff128 ff8 ff32} COMMIT=${COMMIT:-0}
+PLAN="mrl ff128 ff8 ff32" COMMIT=${COMMIT:-0}
+MODELS=${MODELS:-$PLAN}  # a subset to work on; the plan stays whole
 DATA_ROOT=${DATA_ROOT:-${MRL_DATA_DIR:-data}/cifar10-jpeg.tar.gz}
 read -r -a SUBSET <<< "${SUBSET:-data.max_per_class=1000 data.max_test_per_class=500}"
 EXTRA=("$@")
 head_overrides() { case $1 in mrl) echo "model.head=mrl" ;; ff*) echo "model.head=ff model.nesting_dims=[${1#ff}]" ;; esac; }
+# shellcheck disable=SC2086
+write_plan "$RESULTS_DIR/runs" $PLAN
 for name in $MODELS; do
   dir=$STUDY_DIR/$name out=$RESULTS_DIR/runs/$name
   if [[ -f $out/DONE ]]; then echo "skip $name (committed)"; continue; fi

@@ -8,6 +8,6 @@ cd "$(dirname "$0")/.."
 CIFAR10=${CIFAR10:?set CIFAR10 to the CIFAR-10 archive, ImageFolder root or torchvision folder}
 export STUDY_DIR=${STUDY_DIR:-logs/cifar10_vit_study} RESULTS_DIR=${RESULTS_DIR:-results/cifar10_vit}
 export EXPERIMENT=cifar10_vit DATA=cifar10 DATA_OVERRIDES="data.root=$CIFAR10 data.verify_images=false"
-export DIMS="12 24 48 96 192" MODELS=${MODELS:-mrl ff192 ff12 ff48}
+export DIMS="12 24 48 96 192" PLAN="mrl ff192 ff12 ff48"
 export TITLE=${TITLE:-CIFAR-10, ViT-Tiny (6 blocks, 8x8 patches), 10 epochs}
 exec scripts/study.sh "$@"

@@ -10,7 +10,8 @@ detected. Writes ``<out>/``: ``top1_by_size``, ``knn_top1_by_size``, ``map10_by_
 ``.png``), ``commands.md``, ``configs/<model>.yaml``, ``summary.md`` and ``findings.md``.
 ``--control`` adds to ``findings.md`` a comparison with a control study (the same models trained another way, say
 ``trainer.max_epochs=24``), per method and size, judged against the seed spread.
-Missing models or evaluator tables are listed in ``summary.md`` and skipped; an input file that does not
+Missing models (those of the study's ``plan.txt`` not in, else what a complete study has) or evaluator tables
+are listed in ``summary.md`` and skipped; an input file that does not
 parse stops the report with a one-line error naming it (exit status 2) before anything is written.
 """
 

@@ -12,7 +12,9 @@
 # committed, so a later session skips every model whose outputs are committed and continues with the next.
 # Inside a machine, a cut-short training resumes exactly from its newest checkpoint (resume=auto).
 # STAGES="train eval collect report" selects the stages (default: all); MODELS="mrl ff8" a subset. Drivers
-# started side by side split the models between them (per-model locks).
+# started side by side split the models between them (per-model locks). PLAN replaces the planned models (default:
+# MRL, MRL-E and every FF-k, with the replicas above); it is written to $RESULTS_DIR/runs/plan.txt, so that the
+# report lists each planned model not in yet (STAGES=plan writes only that).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib/outputs.sh
@@ -28,10 +30,11 @@ read -r -a DIMS <<< "${DIMS:?set DIMS to the nesting sizes, e.g. 12 24 48 96 192
 read -r -a SEEDS <<< "${SEEDS-43 44}"          # extra seeds, beside 42, for the noise bars
 read -r -a NOISE_FF <<< "${NOISE_FF-}"         # FF sizes trained with those seeds too
 FULL=${DIMS[-1]}
-if [[ -z ${MODELS:-} ]]; then
-  MODELS="mrl mrle"; for k in "${DIMS[@]}"; do MODELS+=" ff$k"; done
-  for s in "${SEEDS[@]}"; do MODELS+=" mrl-seed$s"; for k in "${NOISE_FF[@]}"; do MODELS+=" ff$k-seed$s"; done; done
+if [[ -z ${PLAN:-} ]]; then  # the whole study, what the report counts as missing until it is in
+  PLAN="mrl mrle"; for k in "${DIMS[@]}"; do PLAN+=" ff$k"; done
+  for s in "${SEEDS[@]}"; do PLAN+=" mrl-seed$s"; for k in "${NOISE_FF[@]}"; do PLAN+=" ff$k-seed$s"; done; done
 fi
+MODELS=${MODELS:-$PLAN}  # what this driver works on, in order
 EXTRA=("$@")
 
 head_overrides() {  # mrl | mrle | ff<k>, with an optional -seed<s>
@@ -106,6 +109,8 @@ evaluate_and_collect() {  # under one lock, so that no driver collects a model a
   return 0
 }
 
+# shellcheck disable=SC2086
+write_plan "$RESULTS_DIR/runs" $PLAN
 for name in $MODELS; do
   [[ " $STAGES " == *" train "* ]] && locked "$name" train train_model
   [[ " $STAGES " == *" eval "* || " $STAGES " == *" collect "* ]] && locked "$name" eval evaluate_and_collect

@@ -695,6 +695,20 @@ def test_seed_replicas_are_averaged_in_every_table(seeds_study, tmp_path):
     assert "mean ± std (n): the mean over the n seeds" in md
 
 
+def test_a_plan_names_the_missing_models_seed_replicas_included(seeds_study):
+    (seeds_study / "plan.txt").write_text("# the study's models\nmrl\nmrl-seed43\nmrl-seed44\nmrl-seed45\n\n"
+                                          "ff2\nff8  # full width\nff8-seed43\n")
+    s = collect_study(seeds_study)
+    assert [m for m in s.missing if "model folder missing" in m] == ["mrl-seed45: model folder missing"]
+    assert "mrle/: not in plan.txt, reported all the same" in s.notes
+    assert "ff8-seed44/: not in plan.txt, reported all the same" in s.notes
+    assert s.seeds()["FF-8"] == [42, 43, 44]  # a folder beyond the plan is still reported
+
+    (seeds_study / "plan.txt").write_text("mrl\nff 8\n")
+    with pytest.raises(ConfigError, match=r"plan.txt:2: 'ff 8' is not a model folder name; write mrl, mrle or ff<k>"):
+        collect_study(seeds_study)
+
+
 def test_summary_commands_and_plots_show_every_replica(seeds_study, tmp_path, monkeypatch):
     from matplotlib.axes import Axes
 

@@ -70,6 +70,36 @@ def test_two_drivers_side_by_side_split_the_models_and_a_rerun_skips_the_collect
     assert rerun.returncode == 0, rerun.stderr
     assert calls(tmp_path) == Counter(f"{step} {m}" for m in MODELS for step in ("train", "embed", "eval"))
     assert rerun.stdout.count("(done)") == len(MODELS)
+    # the plan is the whole study, not the subset these drivers worked on: the report's "Missing" counts on it
+    plan = (tmp_path / "results" / "runs" / "plan.txt").read_text().split()
+    assert plan == CIFAR10_PLAN and not list((tmp_path / "results" / "runs").glob(".plan.*"))
+
+
+CIFAR10_PLAN = (["mrl", "mrle"] + [f"ff{2 ** i}" for i in range(10)]
+                + [f"{m}-seed{s}" for s in (43, 44) for m in ("mrl", "ff2", "ff8", "ff64", "ff512")])
+
+
+def test_with_commit_each_finished_model_and_the_plan_are_committed_once(tmp_path):
+    repo = tmp_path / "repo"
+    env = fake_env(tmp_path)
+    env.update(STAGES="train eval collect", COMMIT="1", MODELS="mrl ff2", RESULTS_DIR=str(repo / "results" / "c10"),
+               GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@t", GIT_COMMITTER_NAME="t", GIT_COMMITTER_EMAIL="t@t")
+    subprocess.run(["git", "init", "-q", str(repo)], check=True)
+    (repo / "notes.txt").write_text("a person's uncommitted work\n")
+    driver = [str(PROJECT_ROOT / "scripts" / "cifar10_study.sh")]
+    for _ in range(2):  # the rerun commits nothing new
+        proc = subprocess.run(driver, cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+    log = subprocess.run(["git", "-C", str(repo), "log", "--format=%s", "--name-only"], capture_output=True,
+                         text=True, check=True).stdout
+    subjects = [line for line in log.splitlines() if line.startswith("Study ")]
+    assert subjects == ["Study c10: ff2 (metrics, curves, evaluator tables, configs, commands)",
+                        "Study c10: mrl (metrics, curves, evaluator tables, configs, commands)",
+                        "Study c10: plan (22 models)"]
+    assert "notes.txt" not in log  # exactly the collected folders and the plan, nothing else of the checkout
+    status = subprocess.run(["git", "-C", str(repo), "status", "--porcelain"], capture_output=True, text=True,
+                            check=True).stdout
+    assert status.strip() == "?? notes.txt"
 
 
 def test_the_gpu_session_study_trains_in_one_process_and_evaluates_beside_it(tmp_path):

@@ -319,15 +319,15 @@ def _resolve_path(p: str, study_root: Path) -> Path:
 
 
 def _embed_record(model: Model, study_root: Path) -> None:
-    """Find the embeddings folder (``eval_config.yaml``'s ``embeddings_dir``, else ``<model>/embeddings``
-    or ``<model>/embed``) and reconstruct its ``scripts/embed.py`` command from its ``command.txt`` or its
+    """Find the embeddings folder (``<model>/embeddings`` or ``<model>/embed``, else ``eval_config.yaml``'s
+    ``embeddings_dir``) and reconstruct its ``scripts/embed.py`` command from its ``command.txt`` or its
     Hydra record (``.hydra/`` in the folder or in a subfolder, e.g. ``embeddings/hydra/.hydra/`` when
-    ``hydra.run.dir`` pointed there)."""
-    candidates = []
+    ``hydra.run.dir`` pointed there). The model's own folder first: a study's committed copy reads the same on
+    every machine, while ``embeddings_dir`` names where the embeddings were on the machine that made them."""
+    candidates = [model.path / "embeddings", model.path / "embed"]
     emb = _get(model.eval_config, "embeddings_dir")
     if emb:
         candidates.append(_resolve_path(str(emb), study_root))
-    candidates += [model.path / "embeddings", model.path / "embed"]
     for d in candidates:
         if (d / "command.txt").is_file():
             model.embed_command = (d / "command.txt").read_text().strip()
@@ -457,7 +457,30 @@ def collect_study(study_dir: str | Path) -> Study:
     for model in models.values():
         _load_model(model, root, missing, notes)
     _check_seeds(root, models, notes)
-    return _summarise(root, models, missing, notes, single_run=False)
+    return _summarise(root, models, missing, notes, single_run=False, plan=read_plan(root))
+
+
+PLAN_FILE = "plan.txt"
+
+
+def read_plan(study_dir: Path) -> list[str] | None:
+    """The models a study plans (``<study_dir>/plan.txt``, one folder name per line, as the study drivers write
+    it; blank lines and ``#`` comments skipped), or None without the file. A line that is not a model folder
+    name is a :class:`ConfigError`."""
+    path = study_dir / PLAN_FILE
+    if not path.is_file():
+        return None
+    plan: list[str] = []
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        name = line.split("#", 1)[0].strip()
+        if not name:
+            continue
+        if not MODEL_NAME.match(name):
+            raise ConfigError(f"{path}:{number}", f"{name!r} is not a model folder name",
+                              "write mrl, mrle or ff<k>, optionally with -seed<s> (e.g. ff8-seed43), one per line")
+        if name not in plan:
+            plan.append(name)
+    return plan
 
 
 def is_run_dir(path: str | Path) -> bool:
@@ -547,9 +570,10 @@ def collect(path: str | Path) -> Study:
 
 
 def _summarise(root: Path, models: dict[str, Model], missing: list[str], notes: list[str],
-               single_run: bool) -> Study:
+               single_run: bool, plan: list[str] | None = None) -> Study:
     """The study's sizes, reference config and what is missing, from its loaded models (a run directory: one
-    model, and no other models or baselines expected)."""
+    model, and no other models or baselines expected). ``plan`` (:func:`read_plan`) names the models expected;
+    without it, what a complete study of the kind has."""
     ref = next((m for g in _grouped(models.values()) for m in g if m.config), None)
     config = ref.config if ref else None
     nesting = _study_nesting(models)
@@ -563,10 +587,14 @@ def _summarise(root: Path, models: dict[str, Model], missing: list[str], notes: 
     # what a complete study has: an image-text study (model.task=dual_encoder) MRL and FF at the full width at
     # least, evaluated by zero_shot and cross_modal_retrieval; a classification study every model and evaluator
     image_text = _get(config, "model.task") == "dual_encoder"
-    expected = [] if single_run else ["mrl", f"ff{width}"] if image_text else \
-        ["mrl", "mrle"] + [f"ff{d}" for d in sorted(int(d) for d in nesting)]
-    present = {m.base for m in models.values()}
-    missing[:0] = [f"{name}: model folder missing" for name in expected if name not in present]
+    if plan is not None:
+        missing[:0] = [f"{name}: model folder missing" for name in plan if name not in models]
+        notes += [f"{name}/: not in {PLAN_FILE}, reported all the same" for name in models if name not in plan]
+    else:
+        expected = [] if single_run else ["mrl", f"ff{width}"] if image_text else \
+            ["mrl", "mrle"] + [f"ff{d}" for d in sorted(int(d) for d in nesting)]
+        present = {m.base for m in models.values()}
+        missing[:0] = [f"{name}: model folder missing" for name in expected if name not in present]
     for m in models.values():
         if not m.eval_dir.is_dir():
             missing.append(f"{m.name}: eval/ missing (evaluation stage not run)")
