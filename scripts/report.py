@@ -2,12 +2,13 @@
 ``python scripts/report.py --dir logs/cifar10_24ep --out results/cifar10_24ep [--title ...] [--paper DIR]
 [--control DIR --control-label TEXT]``.
 
-Thin wrapper over :mod:`mrl.report.study`. ``--dir`` is a study folder (one run directory per model: ``mrl``,
-``mrle``, ``ff<k>``, and seed replicas ``<model>-seed<s>``, averaged with their std in every table) or one run
-directory (``scripts/train.py``'s output, optionally with ``embeddings/`` and ``eval/`` inside); which one is
-detected. Writes ``<out>/``: ``top1_by_size``, ``knn_top1_by_size``, ``map10_by_size``, ``retrieval_by_size``,
-``adaptive_classification``, ``adaptive_retrieval``, ``validation_curve`` (``.csv``, ``.md``, ``.json``,
-``.png``), ``commands.md``, ``configs/<model>.yaml``, ``summary.md`` and ``findings.md``.
+Thin wrapper over :mod:`mrl.report` (:mod:`~mrl.report.study` collects, :mod:`~mrl.report.write` writes).
+``--dir`` is a study folder (one run directory per model: ``mrl``, ``mrle``, ``ff<k>``, and seed replicas
+``<model>-seed<s>``, averaged with their std in every table) or one run directory (``scripts/train.py``'s output,
+optionally with ``embeddings/`` and ``eval/`` inside); which one is detected. Writes ``<out>/``:
+``top1_by_size``, ``knn_top1_by_size``, ``map10_by_size``, ``retrieval_by_size``, ``adaptive_classification``,
+``adaptive_retrieval``, ``validation_curve`` (``.csv``, ``.md``, ``.json``, ``.png``), ``commands.md``,
+``configs/<model>.yaml``, ``summary.md`` and ``findings.md``.
 ``--control`` adds to ``findings.md`` a comparison with a control study (the same models trained another way, say
 ``trainer.max_epochs=24``), per method and size, judged against the seed spread.
 Missing models (those of the study's ``plan.txt`` not in, else what a complete study has) or evaluator tables
@@ -23,7 +24,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 from mrl.errors import ConfigError  # noqa: E402
-from mrl.report.study import DEFAULT_PAPER_DIR, collect, write_report  # noqa: E402
+from mrl.report.study import collect  # noqa: E402
+from mrl.report.tables import DEFAULT_PAPER_DIR  # noqa: E402
+from mrl.report.write import write_report  # noqa: E402
 
 
 def main(argv=None) -> int:

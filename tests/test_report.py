@@ -1,4 +1,4 @@
-"""``mrl.report.study`` / ``scripts/report.py``: a hand-made study folder in the real file formats (no training),
+"""``mrl.report`` / ``scripts/report.py``: a hand-made study folder in the real file formats (no training),
 collected tables equal to their inputs, missing stages listed, commands and configs next to the numbers,
 and the paper's reference CSVs read as published."""
 
@@ -16,7 +16,10 @@ import pytest
 import yaml
 
 from mrl.errors import ConfigError
-from mrl.report.study import (PAPER_LABEL, collect, collect_study, load_paper_reference, read_csv, write_report)
+from mrl.report.inputs import read_csv
+from mrl.report.study import collect, collect_study
+from mrl.report.tables import PAPER_LABEL, load_paper_reference
+from mrl.report.write import write_report
 
 from conftest import PROJECT_ROOT
 
@@ -158,7 +161,7 @@ def _col(table, column):
 
 
 def test_collected_tables_equal_inputs(study):
-    from mrl.report.study import build_tables
+    from mrl.report.tables import build_tables
 
     s = collect_study(study)
     assert s.sizes == NESTING and s.width == 8
@@ -219,7 +222,7 @@ def test_missing_pieces_listed(study):
     assert "mrle: eval/adaptive_retrieval.csv missing" in s.missing
     assert any(m.startswith("ff8: eval/baselines.csv missing") for m in s.missing)
     assert any(m.startswith("mrl: metrics_by_dim.csv missing") for m in s.missing)
-    from mrl.report.study import build_tables
+    from mrl.report.tables import build_tables
 
     t = build_tables(s)
     # MRL top-1 falls back to the evaluation's linear top-1; the baseline columns are empty
@@ -436,7 +439,7 @@ def test_report_on_a_single_run_directory(tmp_path):
     _model(runs, "ff8", "ff", [8], True, folder="ff_run")
     s = collect(runs / "ff_run")
     assert s.single_run and list(s.models) == ["ff8"] and s.sizes == NESTING
-    from mrl.report.study import build_tables
+    from mrl.report.tables import build_tables
 
     t = build_tables(s)
     assert _col(t["top1_by_size"], "FF") == {2: None, 4: None, 8: _v(4, 8, 1)}
@@ -484,7 +487,8 @@ def test_adaptive_retrieval_points_are_labelled_by_their_setting(study, tmp_path
 def test_retrieval_by_size_plot_draws_the_table(study, tmp_path, monkeypatch):
     from matplotlib.axes import Axes
 
-    from mrl.report.study import build_tables, plot_retrieval_by_size
+    from mrl.report.plots import plot_retrieval_by_size
+    from mrl.report.tables import build_tables
 
     lines = _spy(monkeypatch, Axes, "plot")
     titles = _spy(monkeypatch, Axes, "set_title")
@@ -573,7 +577,9 @@ def _section_rows(text: str, heading: str) -> dict[int, list[str]]:
 
 
 def test_findings_are_computed_from_the_tables(study):
-    from mrl.report.study import build_tables, collect_study, findings_markdown
+    from mrl.report.findings import findings_markdown
+    from mrl.report.study import collect_study
+    from mrl.report.tables import build_tables
 
     text = findings_markdown(build_tables(collect_study(study)))
     mrl, ff, svd = _v(1, 8, 1), _v(4, 8, 1), _v(9, 8, 61)  # MRL and FF-8 top-1, SVD probe at 8
@@ -619,7 +625,7 @@ def seeds_study(tmp_path) -> Path:
 
 
 def test_seed_replicas_are_averaged_in_every_table(seeds_study, tmp_path):
-    from mrl.report.study import build_tables
+    from mrl.report.tables import build_tables
 
     s = collect_study(seeds_study)
     assert s.seeds() == {"MRL": [42, 43, 44], "MRL-E": [42], "FF-2": [42], "FF-8": [42, 43, 44]}
@@ -712,7 +718,8 @@ def test_a_plan_names_the_missing_models_seed_replicas_included(seeds_study):
 def test_summary_commands_and_plots_show_every_replica(seeds_study, tmp_path, monkeypatch):
     from matplotlib.axes import Axes
 
-    from mrl.report.study import build_tables, plot_by_size
+    from mrl.report.plots import plot_by_size
+    from mrl.report.tables import build_tables
 
     s = collect_study(seeds_study)
     out = tmp_path / "out"
@@ -760,7 +767,8 @@ def _hand_study(tmp_path) -> Path:
 
 
 def test_findings_call_a_difference_only_beyond_the_spread(tmp_path):
-    from mrl.report.study import build_tables, findings_markdown
+    from mrl.report.findings import findings_markdown
+    from mrl.report.tables import build_tables
 
     text = findings_markdown(build_tables(collect_study(_hand_study(tmp_path))))
     assert "`higher` or `lower` only when |difference| exceeds the spread" in text
@@ -782,7 +790,8 @@ def test_findings_call_a_difference_only_beyond_the_spread(tmp_path):
 
 
 def test_a_borrowed_spread_comes_from_the_nearest_size_in_log2():
-    from mrl.report.study import Table, _spread_at
+    from mrl.report.findings import _spread_at
+    from mrl.report.tables import Table
 
     rows = [{"dim": 2, "FF": 1.0, "FF_std": 0.3, "FF_n": 2}, {"dim": 4, "FF": 1.0, "FF_std": None, "FF_n": 1},
             {"dim": 8, "FF": 1.0, "FF_std": 0.9, "FF_n": 3}, {"dim": 64, "FF": 1.0, "FF_std": None, "FF_n": 1}]
@@ -833,7 +842,8 @@ METRICS_LOG = """epoch,lr-SGD,step,train/loss,val/loss,val/top1@2,val/top1@4,val
 
 
 def test_validation_curve(tmp_path):
-    from mrl.report.study import build_tables, findings_markdown
+    from mrl.report.findings import findings_markdown
+    from mrl.report.tables import build_tables
 
     root = tmp_path / "s"
     # val/top1@2, @4, @8 and the mean (ignored) per epoch; epoch 1 validated twice (a resumed run): the last counts
@@ -937,7 +947,8 @@ def _image_text_model(study: Path, name: str, head: str, dims: list[int], seed: 
 
 
 def test_image_text_study_gets_zero_shot_and_cross_modal_tables_and_findings(tmp_path):
-    from mrl.report.study import collect, write_report
+    from mrl.report.study import collect
+    from mrl.report.write import write_report
 
     root = tmp_path / "align"
     _image_text_model(root, "mrl", "mrl", [2, 4, 8])

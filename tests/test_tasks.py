@@ -187,7 +187,7 @@ def test_the_library_imports_neither_the_app_nor_hydra():
     import subprocess
     import sys
 
-    code = ("import sys, mrl, mrl.lightning, mrl.embeddings, mrl.evaluation.run, mrl.report.study, "
+    code = ("import sys, mrl, mrl.lightning, mrl.embeddings, mrl.evaluation.run, mrl.report.study, mrl.report.write, "
             "mrl.report.compare, mrl.slurm, mrl.tasks, mrl.checkpoint, mrl.data, mrl.encoders.text; "
             "print(sorted(m.split('.')[0] if m.startswith(('hydra', 'omegaconf')) else m for m in sys.modules "
             "if m.startswith(('mrl.app', 'hydra', 'omegaconf'))))")

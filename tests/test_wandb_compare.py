@@ -15,7 +15,8 @@ import yaml
 from conftest import PROJECT_ROOT
 from mrl.report.compare import collect_wandb, push_comparison
 from mrl.errors import ConfigError
-from mrl.report.study import collect_runs, comparison_table
+from mrl.report.study import collect_runs
+from mrl.report.tables import comparison_table
 from wandb_records import offline_run
 
 ENV = {**{k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}, "WANDB_MODE": "offline",

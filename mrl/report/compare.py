@@ -5,7 +5,7 @@
   sizes and seed from its config, its test top-1 per size from its summary (``test/top1@<m>``, written by
   training), its mAP@k where it has ``eval/retrieval/map@<k>@<m>`` fields (added by ``scripts/eval.py``).
 * Local run folders are read by :func:`mrl.report.study.collect_runs`.
-* :func:`write_comparison`: ``comparison.{csv,md,json,png}`` (:func:`~mrl.report.study.comparison_table`: one
+* :func:`write_comparison`: ``comparison.{csv,md,json,png}`` (:func:`~mrl.report.tables.comparison_table`: one
   table, and one plot with a panel per metric).
 * :func:`push_comparison`: the table and a line plot per metric logged to a run of the group (``job_type=compare``),
   so the comparison sits in the group's W&B workspace as a panel.
@@ -19,8 +19,11 @@ from typing import Any
 
 from mrl.heads import HEADS
 from mrl.errors import ConfigError
-from mrl.report.study import (DEFAULT_SEED, Model, Study, Table, _get, _int_list, _summarise, add_replica,
-                              comparison_table, plot_comparison, write_report_table)
+from mrl.report.inputs import _get
+from mrl.report.plots import plot_comparison
+from mrl.report.study import DEFAULT_SEED, Model, Study, _int_list, _summarise, add_replica
+from mrl.report.tables import Table, comparison_table
+from mrl.report.write import write_report_table
 
 
 def _nested(config: Mapping[str, Any], dotted: str) -> Any:

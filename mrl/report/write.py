@@ -1,0 +1,221 @@
+"""Write a study's report: its tables (csv, md, json), plots, ``commands.md``, ``configs/``, ``summary.md`` and
+``findings.md`` (:func:`write_report`)."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from mrl.report.run_tables import atomic_write_text
+from mrl.report.findings import findings_markdown
+from mrl.report.inputs import _get
+from mrl.report.plots import (plot_adaptive_classification, plot_adaptive_retrieval, plot_by_size,
+                              plot_retrieval_by_size, plot_validation_curve)
+from mrl.report.study import Model, Study
+from mrl.report.tables import (DEFAULT_PAPER_DIR, IMAGE_TEXT_TABLES, PAPER_LABEL, Table, _rel, build_tables,
+                               load_paper_reference, paper_table)
+
+
+def write_report_table(table: Table, out: Path) -> dict[str, Path]:
+    paths = {ext: out / f"{table.name}.{ext}" for ext in ("csv", "md", "json")}
+    atomic_write_text(paths["csv"], table.csv_text())
+    md = table.markdown()
+    if table.sources:
+        md += "\nSources:\n\n" + "\n".join(f"* {s}" for s in table.sources) + "\n"
+    atomic_write_text(paths["md"], md)
+    atomic_write_text(paths["json"], table.json_text())
+    return paths
+
+
+def commands_markdown(study: Study, out: Path) -> str:
+    lines = [f"# Commands behind `{study.root}`", "",
+             "Per model folder (each seed replica its own): the training command rebuilt from "
+             "`.hydra/overrides.yaml` (plus the `hydra.*` overrides "
+             "recorded in `.hydra/hydra.yaml`), run from the repository root; a run resumed from a checkpoint "
+             "records its last invocation (with `ckpt_path=...`). The composed config is copied to "
+             "`configs/<model>.yaml`; the embedding and evaluation commands come from their own records where the "
+             "evaluation stage has run.", ""]
+    for m in _ordered(study):
+        lines += [f"## {m.name} ({m.label}, seed {m.seed})", ""]
+        cmd = m.train_command()
+        lines += ["Train:", "", "```bash", cmd, "```", ""] if cmd else ["Train: (no `.hydra/overrides.yaml`)", ""]
+        if (out / "configs" / f"{m.name}.yaml").is_file():
+            lines.append(f"* config: [`configs/{m.name}.yaml`](configs/{m.name}.yaml) "
+                         f"(copy of `{_rel(m.path / '.hydra' / 'config.yaml', study)}`)")
+        if m.embed_command:
+            lines += ["", "Embed (from `" + _rel(Path(m.embed_source), study) + "`):", "", "```bash",
+                      m.embed_command, "```"]
+        elif m.eval_command:
+            lines += ["", "Embed: not recorded (no `command.txt`, and no Hydra record `.hydra/overrides.yaml` in the "
+                      "embeddings folder or a subfolder of it: pass `hydra.run.dir=<embeddings folder>/hydra` to "
+                      "`scripts/embed.py`, as `scripts/cifar10_study.sh` does)"]
+        if m.eval_command:
+            lines += ["", f"Evaluate (from `{_rel(m.eval_dir / 'command.txt', study)}`):", "", "```bash",
+                      m.eval_command, "```"]
+        if (out / "configs" / f"{m.name}_eval.yaml").is_file():
+            lines.append(f"* eval config: [`configs/{m.name}_eval.yaml`](configs/{m.name}_eval.yaml) "
+                         f"(copy of `{_rel(m.eval_dir / 'eval_config.yaml', study)}`)")
+        if not m.eval_command:
+            lines.append("* not evaluated yet (no `eval/command.txt`)")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _ordered(study: Study) -> list[Model]:
+    return [m for g in study.groups() for m in g]
+
+
+SETUP_KEYS = (("experiment", "experiment_name"), ("data set", "data.name"), ("backbone", "model.backbone.name"),
+              ("CIFAR/ViT small-input stem", "model.backbone.small_input"),
+              ("pretrained", "model.backbone.pretrained"), ("nesting sizes (MRL, MRL-E)", "model.nesting_dims"),
+              ("loss weights", "model.loss_weights"), ("label smoothing", "model.label_smoothing"),
+              ("epochs", "trainer.max_epochs"), ("batch size per device", "data.batch_size"),
+              ("optimizer", "model.optimizer.name"), ("learning rate", "model.optimizer.lr"),
+              ("LR reference batch", "model.optimizer.lr_reference_batch"),
+              ("weight decay", "model.optimizer.weight_decay"), ("scheduler", "model.scheduler.name"),
+              ("warm-up epochs", "model.scheduler.warmup_epochs"), ("precision", "trainer.precision"),
+              ("devices", "trainer.devices"), ("checkpoint tested", "test_checkpoint"),
+              ("validation fraction", "data.val_fraction"))
+
+
+def summary_markdown(study: Study, tables: Mapping[str, Table], plots: Mapping[str, Path | None], title: str,
+                     command: str | None, paper: Mapping[str, Any] | None, overlay: bool) -> str:
+    lines = [f"# {title}", "",
+             "Generated by `scripts/report.py` (tables only; every number is read from the study's files, listed "
+             "under each table's sources in its `.md`). All accuracies and retrieval metrics in percent.", ""]
+    if command:
+        lines += ["```bash", command, "```", ""]
+    if study.single_run:
+        lines += [f"Run directory: `{study.root}`, model " +
+                  ", ".join(f"{m.name} ({m.label})" for m in _ordered(study)), ""]
+    else:
+        models = ", ".join(f"{g[0].label} ({', '.join(m.name for m in g)})" for g in study.groups()) or "none"
+        lines += [f"Study: `{study.root}`; models present (their folders): {models}", ""]
+    lines += ["## Setup (from the configs)", ""]
+    if study.config:
+        lines += [f"Read from `{study.config_from}/.hydra/config.yaml`; every model uses the same recipe except "
+                  "the head, its sizes and the seed" + (" (but see the differences below)." if any(
+                      n.startswith("recipe differs") for n in study.notes) else "."), "",
+                  "| setting | value |", "|---|---|"]
+        for label, key in SETUP_KEYS:
+            v = _get(study.config, key)
+            if key == "model.nesting_dims" and study.nesting and v != study.nesting:
+                v = f"{v} ({', '.join(map(str, study.nesting))})"
+            if v is not None:
+                lines.append(f"| {label} | {', '.join(map(str, v)) if isinstance(v, list) else v} |")
+        ff = [g[0].k for g in study.ff_groups()]
+        lines.append(f"| FF-k models present | {', '.join(map(str, ff)) if ff else 'none'} |")
+    else:
+        lines.append("(no model config found)")
+    lines.append("")
+    if study.models:
+        lines += [("Seeds present (a model's seed replicas are its folders `<model>-seed<s>`; the tables show the "
+                   "mean over them, `mean ± std (n)`):"), "", "| model | seeds | folders |", "|---|---|---|"]
+        lines += [f"| {g[0].label} | {', '.join(str(m.seed) for m in g)} | {', '.join(m.name for m in g)} |"
+                  for g in study.groups()]
+        lines.append("")
+    lines += ["## Missing (study stages not run yet, or failed)", ""]
+    lines += [f"* {m}" for m in study.missing] or ["* nothing: every model and evaluator table is present"]
+    lines.append("")
+    if study.notes:
+        lines += ["## Notes", ""] + [f"* {n}" for n in study.notes] + [""]
+    captions = {"top1_by_size": "Linear top-1 by size", "knn_top1_by_size": "1-NN top-1 by size",
+                "adaptive_classification": "Adaptive classification", "adaptive_retrieval": "Adaptive retrieval",
+                "validation_curve": "Validation top-1 per epoch"}
+    for name, table in tables.items():
+        lines += [table.markdown("##"), ""]
+        plot = plots.get(name)
+        if plot is not None:
+            lines += [f"![{captions.get(name, table.title)}]({plot.name})", ""]
+    if overlay:
+        lines += ["## The paper's numbers", "",
+                  f"The plots draw the paper's published curves dashed, labelled \"{PAPER_LABEL}\" "
+                  "(`results/paper_reference/`, from RAIVNLab/MRL). Its linear top-1 table:", ""]
+        t = paper_table(paper, "top1_linear", f"Linear top-1 (%), {PAPER_LABEL}")
+        if t is not None:
+            lines.append(t.markdown("###"))
+    elif paper:
+        t = paper_table(paper, "top1_linear", f"For context only: linear top-1 (%), {PAPER_LABEL}")
+        if t is not None:
+            lines += ["## The paper's numbers (context, a different data set)", "",
+                      "Not overlaid on the plots: the paper measured ImageNet-1K with ResNet-50, not this study's "
+                      "data and backbone. Its published table (`results/paper_reference/"
+                      "imagenet1k_rn50_top1_linear.csv`, from RAIVNLab/MRL):", "", t.markdown("###")]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+@dataclass
+class Report:
+    out: Path
+    study: Study
+    tables: dict[str, Table]
+    plots: dict[str, Path | None]
+    files: list[Path]
+
+
+def write_report(study: Study, out_dir: str | Path, title: str | None = None, k: int = 10,
+                 paper_dir: str | Path | None = DEFAULT_PAPER_DIR, imagenet: bool | None = None,
+                 command: str | None = None, control: tuple[str, Study] | None = None) -> Report:
+    """Write the study's tables, plots, ``commands.md``, ``configs/``, ``summary.md`` and ``findings.md`` into
+    ``out_dir``.
+
+    ``imagenet``: overlay the paper's curves (``None``: when the study's config says ``data.name:
+    imagenet``). ``paper_dir``: the paper reference CSVs (``None`` or absent: no paper numbers). ``control``:
+    ``(label, study)``, a control study (the same models trained another way) compared in ``findings.md``."""
+    title = title or study.name
+    paper = load_paper_reference(paper_dir) if paper_dir and Path(paper_dir).is_dir() else {}
+    overlay = bool(paper) and (study.is_imagenet if imagenet is None else imagenet)
+    ov = paper if overlay else None
+    tables = build_tables(study, k)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    files: list[Path] = []
+    for t in tables.values():
+        files += write_report_table(t, out).values()
+    plots: dict[str, Path | None] = {}
+    if not study.is_image_text:
+        plots["top1_by_size"] = plot_by_size(tables["top1_by_size"], out / "top1_by_size.png", "top-1 accuracy (%)",
+                                             f"Linear top-1 by size, {title}", ov and ov.get("top1_linear"))
+        plots["knn_top1_by_size"] = plot_by_size(tables["knn_top1_by_size"], out / "knn_top1_by_size.png",
+                                                 "1-NN top-1 accuracy (%)", f"1-NN top-1 by size, {title}",
+                                                 ov and ov.get("knn_top1"), {"Rand-FS": "Rand"})
+        name = f"map{k}_by_size"
+        plots[name] = plot_by_size(tables[name], out / f"{name}.png", f"mAP@{k} (%)",
+                                   f"Retrieval mAP@{k} by size, {title}", ov and ov.get("map10") if k == 10 else None)
+        plots["retrieval_by_size"] = plot_retrieval_by_size(tables["retrieval_by_size"], out / "retrieval_by_size.png",
+                                                            f"Retrieval at k = {k} by size, {title}")
+        plots["adaptive_classification"] = plot_adaptive_classification(
+            tables["adaptive_classification"], out / "adaptive_classification.png", f"Adaptive classification, {title}",
+            ov)
+        plots["adaptive_retrieval"] = plot_adaptive_retrieval(
+            tables["adaptive_retrieval"], out / "adaptive_retrieval.png", f"Adaptive retrieval, {title}",
+            ov if k == 10 else None)
+    else:
+        for name, (ylabel, heading) in IMAGE_TEXT_TABLES.items():
+            plots[name] = plot_by_size(tables[name], out / f"{name}.png", ylabel, f"{heading}, {title}")
+    plots["validation_curve"] = plot_validation_curve(tables["validation_curve"], out / "validation_curve.png",
+                                                      f"Validation top-1 per epoch, {title}")
+    for stem, p in list(plots.items()):
+        if p is None:
+            stale = out / f"{stem}.png"
+            if stale.exists():  # from an earlier report of this study: it no longer matches the tables
+                stale.unlink()
+        else:
+            files.append(p)
+    configs = out / "configs"
+    configs.mkdir(exist_ok=True)
+    for m in _ordered(study):
+        for src, dst in ((m.path / ".hydra" / "config.yaml", configs / f"{m.name}.yaml"),
+                         (m.eval_dir / "eval_config.yaml", configs / f"{m.name}_eval.yaml")):
+            if src.is_file():
+                shutil.copyfile(src, dst)
+                files.append(dst)
+    atomic_write_text(out / "commands.md", commands_markdown(study, out))
+    atomic_write_text(out / "summary.md", summary_markdown(study, tables, plots, title, command, paper, overlay))
+    compared = (control[0], build_tables(control[1], k)) if control else None
+    atomic_write_text(out / "findings.md", findings_markdown(tables, k, seeds=study.seeds(), control=compared))
+    files += [out / "commands.md", out / "summary.md", out / "findings.md"]
+    return Report(out, study, tables, plots, files)
