@@ -31,8 +31,12 @@ read -r -a SEEDS <<< "${SEEDS-43 44}"          # extra seeds, beside 42, for the
 read -r -a NOISE_FF <<< "${NOISE_FF-}"         # FF sizes trained with those seeds too
 FULL=${DIMS[-1]}
 if [[ -z ${PLAN:-} ]]; then  # the whole study, what the report counts as missing until it is in
-  PLAN="mrl mrle"; for k in "${DIMS[@]}"; do PLAN+=" ff$k"; done
+  # in the order trained: what the claims are judged on first (MRL, MRL-E, FF at the full width and at the NOISE_FF
+  # sizes, then their seed replicas), the rest of the FF sweep last, so that a study cut short still judges
+  ff_first=("$FULL" "${NOISE_FF[@]}") PLAN="mrl mrle"
+  for k in $(printf '%s\n' "${ff_first[@]}" | awk '!seen[$0]++'); do PLAN+=" ff$k"; done
   for s in "${SEEDS[@]}"; do PLAN+=" mrl-seed$s"; for k in "${NOISE_FF[@]}"; do PLAN+=" ff$k-seed$s"; done; done
+  for k in "${DIMS[@]}"; do [[ " ${ff_first[*]} " == *" $k "* ]] || PLAN+=" ff$k"; done
 fi
 MODELS=${MODELS:-$PLAN}  # what this driver works on, in order
 EXTRA=("$@")
