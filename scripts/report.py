@@ -12,8 +12,8 @@ optionally with ``embeddings/`` and ``eval/`` inside); which one is detected. Wr
 ``--control`` adds to ``findings.md`` a comparison with a control study (the same models trained another way, say
 ``trainer.max_epochs=24``), per method and size, judged against the seed spread.
 Missing models (those of the study's ``plan.txt`` not in, else what a complete study has) or evaluator tables
-are listed in ``summary.md`` and skipped; an input file that does not
-parse stops the report with a one-line error naming it (exit status 2) before anything is written.
+are listed in ``summary.md`` and skipped; an input file that does not parse stops the report with a one-line
+error naming it (exit status 2) before anything is written.
 """
 
 import argparse

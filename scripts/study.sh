@@ -33,10 +33,11 @@ FULL=${DIMS[-1]}
 if [[ -z ${PLAN:-} ]]; then  # the whole study, what the report counts as missing until it is in
   # in the order trained: what the claims are judged on first (MRL, MRL-E, FF at the full width and at the NOISE_FF
   # sizes, then their seed replicas), the rest of the FF sweep last, so that a study cut short still judges
-  ff_first=("$FULL" "${NOISE_FF[@]}") PLAN="mrl mrle"
-  for k in $(printf '%s\n' "${ff_first[@]}" | awk '!seen[$0]++'); do PLAN+=" ff$k"; done
+  PLAN="mrl mrle"
+  add_ff() { for k in "$@"; do [[ " $PLAN " == *" ff$k "* ]] || PLAN+=" ff$k"; done; }  # each size once
+  add_ff "$FULL" "${NOISE_FF[@]}"
   for s in "${SEEDS[@]}"; do PLAN+=" mrl-seed$s"; for k in "${NOISE_FF[@]}"; do PLAN+=" ff$k-seed$s"; done; done
-  for k in "${DIMS[@]}"; do [[ " ${ff_first[*]} " == *" $k "* ]] || PLAN+=" ff$k"; done
+  add_ff "${DIMS[@]}"
 fi
 MODELS=${MODELS:-$PLAN}  # what this driver works on, in order
 EXTRA=("$@")

@@ -27,6 +27,11 @@ case $1 in
 esac
 """
 MODELS = ["mrl", "mrle", "ff2", "ff4", "mrl-seed43"]
+# what the claims are judged on first (MRL, MRL-E, FF at the full width and at the noise sizes, their seed
+# replicas), the rest of the FF sweep last
+CIFAR10_PLAN = (["mrl", "mrle", "ff512", "ff2", "ff8", "ff64"]
+                + [f"{m}-seed{s}" for s in (43, 44) for m in ("mrl", "ff2", "ff8", "ff64", "ff512")]
+                + ["ff1", "ff4", "ff16", "ff32", "ff128", "ff256"])
 
 
 def fake_env(tmp_path: Path) -> dict[str, str]:
@@ -74,12 +79,6 @@ def test_two_drivers_side_by_side_split_the_models_and_a_rerun_skips_the_collect
     plan = (tmp_path / "results" / "runs" / "plan.txt").read_text().split()
     assert plan == CIFAR10_PLAN and not list((tmp_path / "results" / "runs").glob(".plan.*"))
 
-
-# what the claims are judged on first (MRL, MRL-E, FF at the full width and at the noise sizes, their seed
-# replicas), the rest of the FF sweep last
-CIFAR10_PLAN = (["mrl", "mrle", "ff512", "ff2", "ff8", "ff64"]
-                + [f"{m}-seed{s}" for s in (43, 44) for m in ("mrl", "ff2", "ff8", "ff64", "ff512")]
-                + ["ff1", "ff4", "ff16", "ff32", "ff128", "ff256"])
 
 
 def test_with_commit_each_finished_model_and_the_plan_are_committed_once(tmp_path):
