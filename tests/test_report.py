@@ -517,6 +517,29 @@ def test_commands_note_an_unrecorded_embed_command(study, tmp_path):
     assert "python scripts/embed.py" not in mrle and "Embed: not recorded" in mrle
 
 
+def test_the_embed_command_is_read_from_the_models_own_folder_before_eval_configs_path(study, tmp_path):
+    import shutil
+
+    # a study made on another machine: eval_config.yaml names where the embeddings were there, and that path
+    # holds another run's record here; the committed copy in the model's folder is the one that made this model
+    elsewhere = tmp_path / "elsewhere"
+    (elsewhere / ".hydra").mkdir(parents=True)
+    (elsewhere / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(["ckpt_path=/other/last.ckpt"]))
+    (study / "mrl" / "eval" / "eval_config.yaml").write_text(
+        yaml.safe_dump({"embeddings_dir": str(elsewhere), "evaluators": ["retrieval"]}))
+
+    def mrl_commands(out: str) -> str:
+        write_report(collect(study), tmp_path / out, paper_dir=None)
+        text = (tmp_path / out / "commands.md").read_text()
+        return text.split("## mrl (MRL, seed 42)")[1].split("## mrle (MRL-E, seed 42)")[0]
+
+    own = mrl_commands("a")
+    assert f"python scripts/embed.py ckpt_path={study}/mrl/checkpoints/last.ckpt data=cifar10" in own
+    assert f"Embed (from `{study}/mrl/embeddings/hydra/.hydra/overrides.yaml`)" in own and "/other/" not in own
+    shutil.rmtree(study / "mrl" / "embeddings")  # no committed copy: the record at embeddings_dir is what there is
+    assert "python scripts/embed.py ckpt_path=/other/last.ckpt\n" in mrl_commands("b")
+
+
 def test_an_input_that_does_not_parse_is_a_one_line_error_naming_it(study, tmp_path):
     def rewrite(rel, text):
         path = study / rel
