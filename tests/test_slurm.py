@@ -59,7 +59,7 @@ def test_the_job_id_names_array_tasks_and_jobs():
 def test_the_run_directory_is_keyed_by_the_job_and_stable_across_a_requeue(monkeypatch):
     from hydra import compose, initialize_config_dir
 
-    import mrl.app  # noqa: F401  (registers the configs' ${mrl.*} resolvers, as the scripts do; not only when another test did)
+    import mrl.app  # noqa: F401  (the configs' ${mrl.*} resolvers, as the scripts register them)
 
     def run_dir(**env: str) -> str:
         for key in [k for k in os.environ if k.startswith("SLURM_")]:

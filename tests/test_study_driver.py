@@ -80,7 +80,6 @@ def test_two_drivers_side_by_side_split_the_models_and_a_rerun_skips_the_collect
     assert plan == CIFAR10_PLAN and not list((tmp_path / "results" / "runs").glob(".plan.*"))
 
 
-
 def test_with_commit_each_finished_model_and_the_plan_are_committed_once(tmp_path):
     repo = tmp_path / "repo"
     env = fake_env(tmp_path)
