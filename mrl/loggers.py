@@ -6,6 +6,8 @@ or without network, W&B runs in offline mode (sync later with ``wandb sync <run 
 
 from __future__ import annotations
 
+import csv
+import math
 import netrc
 import os
 from collections.abc import Mapping, Sequence
@@ -13,7 +15,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+from lightning.fabric.loggers.logger import rank_zero_experiment
 from lightning.pytorch.loggers import CSVLogger, Logger, WandbLogger
+from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 
 from mrl.network import host_reachable
 
@@ -61,13 +65,78 @@ def wandb_settings(cfg: Mapping[str, Any]):
                           finish_timeout=float(cfg.get("finish_timeout", 600)))
 
 
+def logged_step(checkpoint: Mapping[str, Any]) -> int:
+    """The logger step a checkpoint was saved at (Lightning's ``_batches_that_stepped``, the ``step`` column of
+    ``metrics.csv``): what the run logged at or before it is not logged again when the run resumes from it."""
+    loop = checkpoint.get("loops", {}).get("fit_loop", {}).get("epoch_loop.state_dict", {})
+    return int(loop.get("_batches_that_stepped", checkpoint.get("global_step", 0)))
+
+
+def _row_step(row: Mapping[str | None, Any]) -> float:
+    """A ``metrics.csv`` row's step; ``inf`` (after every step) for a row that is not whole: Lightning writes
+    every cell, so a row cut short by a kill has fewer (``csv.DictReader`` fills them with ``None``) and a bad
+    one more (a ``None`` key), or a step that does not parse."""
+    if None in row or None in row.values():
+        return math.inf
+    try:
+        return float(row.get("step") or "inf")
+    except ValueError:
+        return math.inf
+
+
+class _ContinuedMetricsWriter(ExperimentWriter):
+    """Lightning's CSV writer, except that it continues ``metrics.csv`` up to ``keep_through_step`` instead of
+    deleting it (Lightning's writer starts every run with an empty file, so a resumed run would lose the
+    validation curve of the epochs before its checkpoint). Rows after that step, logged by the interrupted run
+    after its last save, go: the resumed run logs them again."""
+
+    def __init__(self, log_dir: str, keep_through_step: int) -> None:
+        self.keep_through_step = keep_through_step
+        super().__init__(log_dir)
+
+    def _check_log_dir_exists(self) -> None:
+        path = Path(self.metrics_file_path)
+        if not path.is_file():
+            return
+        with path.open(newline="") as f:
+            reader = csv.DictReader(f)
+            header = list(reader.fieldnames or [])
+            rows = [row for row in reader if _row_step(row) <= self.keep_through_step]
+        self.metrics_keys = header  # appended rows keep the columns; new ones rewrite the header (Lightning's code)
+        staged = path.with_name(f".{path.name}.resume")  # a kill while rewriting leaves the old file whole
+        with staged.open("w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=header)
+            writer.writeheader()
+            writer.writerows(rows)
+        os.replace(staged, path)
+
+
+class ResumableCSVLogger(CSVLogger):
+    """``CSVLogger`` whose ``metrics.csv`` survives a resume: ``resume_step`` (:func:`logged_step` of the
+    checkpoint resumed from) keeps the rows logged up to it; ``None`` (a fresh run) starts the file anew."""
+
+    def __init__(self, save_dir: str, resume_step: int | None = None) -> None:
+        super().__init__(save_dir=save_dir, name="csv", version="")
+        self.resume_step = resume_step
+
+    @property
+    @rank_zero_experiment
+    def experiment(self) -> ExperimentWriter:
+        if self._experiment is None:
+            self._fs.makedirs(self.root_dir, exist_ok=True)
+            self._experiment = (ExperimentWriter(self.log_dir) if self.resume_step is None
+                                else _ContinuedMetricsWriter(self.log_dir, self.resume_step))
+        return self._experiment
+
+
 def create_loggers(cfg: Mapping[str, Any] | None, output_dir: str | Path, run_name: str, group: str,
                    tags: Sequence[str], config: Mapping[str, Any] | None = None,
-                   wandb_run_id: str | None = None) -> list[Logger]:
+                   wandb_run_id: str | None = None, resume_step: int | None = None) -> list[Logger]:
     """``cfg = {"csv": {...} | None, "wandb": {"project", "entity", "mode"} | None}``. ``wandb_run_id``: the W&B
-    run to log to, created or continued (``resume="allow"``): a resumed run passes the id its checkpoint holds."""
+    run to log to, created or continued (``resume="allow"``): a resumed run passes the id its checkpoint holds.
+    ``resume_step``: a resumed run's :func:`logged_step`, up to which ``csv/metrics.csv`` is continued."""
     cfg = dict(cfg or {})
-    loggers: list[Logger] = [CSVLogger(save_dir=str(output_dir), name="csv", version="")]
+    loggers: list[Logger] = [ResumableCSVLogger(str(output_dir), resume_step)]
     wandb_cfg = cfg.get("wandb")
     if wandb_cfg:
         mode = resolve_wandb_mode(wandb_cfg.get("mode", "auto"))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import os
 import subprocess
 import sys
@@ -90,3 +91,18 @@ def wait_for(predicate, proc: subprocess.Popen, timeout: float = 300.0) -> None:
         assert proc.poll() is None, "the run ended before the fault could be injected"
         assert time.monotonic() < deadline, "timed out waiting for the run"
         time.sleep(0.02)
+
+
+def assert_same_training_log(run_dir: Path, reference_dir: Path) -> None:
+    """Lightning's ``csv/metrics.csv`` of a resumed run holds the training rows of the uninterrupted run: every
+    (step, epoch, column) once, none lost to the resume or logged twice, values equal. Test-stage columns are
+    left out: a first run that finished (rather than being killed) logged its own test rows too."""
+    def cells(folder: Path) -> list[tuple]:
+        with open(folder / "csv" / "metrics.csv", newline="") as f:
+            return sorted((int(row["step"]), row["epoch"], key, float(value)) for row in csv.DictReader(f)
+                          for key, value in row.items()
+                          if value and key not in ("step", "epoch") and not key.startswith("test/"))
+
+    got, want = cells(run_dir), cells(reference_dir)
+    assert [c[:3] for c in got] == [c[:3] for c in want]
+    np.testing.assert_allclose([c[3] for c in got], [c[3] for c in want], rtol=1e-5, atol=1e-6)

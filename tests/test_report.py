@@ -908,6 +908,25 @@ def test_validation_curve(tmp_path):
     assert "![Validation top-1 per epoch](validation_curve.png)" in (out / "summary.md").read_text()
 
 
+def test_epochs_missing_from_a_curve_are_named(tmp_path):
+    """A curve without some epochs' values (a run resumed before csv/metrics.csv was continued across resumes
+    lost the rows before its checkpoint): the table's notes say which epochs, as ranges; whole curves say nothing."""
+    from mrl.report.tables import build_tables
+
+    root = tmp_path / "s"
+    for seed in (42, 43):
+        _model(root, "mrl", "mrl", NESTING, False, folder=_replica("mrl", seed), seed=seed)
+    # seed 43: only epochs 2 and 5 validated (of 0-5), seed 42: epochs 0-2 (METRICS_LOG)
+    (root / "mrl" / "csv" / "metrics.csv").write_text(METRICS_LOG.format(*["1,2,3,9"] * 4))
+    header, *_ = METRICS_LOG.splitlines()
+    (root / "mrl-seed43" / "csv" / "metrics.csv").write_text(f"{header}\n2,,29,,1.5,4,5,6,9\n5,,59,,1.4,7,8,9,9\n")
+    curve = build_tables(collect_study(root))["validation_curve"]
+    gaps = [n for n in curve.notes if n.startswith("Epochs without a validation value")]
+    assert gaps == ["Epochs without a validation value in a model's curve (a cell there is the mean of the other "
+                    "seeds): mrl-seed43 (0-1, 3-4)."]
+    assert [(r["epoch"], r["MRL_n"]) for r in curve.rows] == [(0, 1), (1, 1), (2, 2), (5, 1)]
+
+
 def test_digits_end_to_end_through_the_scripts(tmp_path):
     """train -> embed -> eval -> report, each through its script, as scripts/cifar10_study.sh chains them."""
     import os

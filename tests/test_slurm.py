@@ -17,7 +17,7 @@ import pytest
 import torch
 
 import fake_slurm
-from conftest import PROJECT_ROOT, wait_for
+from conftest import PROJECT_ROOT, assert_same_training_log, wait_for
 from mrl.errors import ConfigError
 from mrl.slurm import check_allocation, slurm_job_id, slurm_or
 
@@ -173,6 +173,7 @@ def test_the_requeue_signal_saves_requeues_and_the_restarted_job_resumes_exactly
         torch.testing.assert_close(final["state_dict"][key], value, rtol=0, atol=1e-6)
     assert (run / "metrics_by_dim.json").read_text().split('"rows"')[1] == \
         (tmp_path / "reference" / "metrics_by_dim.json").read_text().split('"rows"')[1]
+    assert_same_training_log(run, tmp_path / "reference")  # the curve goes on across the requeue
     # the restarted job continued the same W&B run: both offline runs carry one id
     runs = sorted((run / "wandb").glob("offline-run-*"))
     assert len(runs) == 2 and len({p.name.rsplit("-", 1)[1] for p in runs}) == 1

@@ -4,6 +4,7 @@ fail loudly. Real processes are started and killed where the behaviour depends o
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import signal
@@ -17,7 +18,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import PROJECT_ROOT, wait_for, write_image_folder
+from conftest import PROJECT_ROOT, assert_same_training_log, wait_for, write_image_folder
 from mrl.data import create_datamodule
 from mrl.errors import ConfigError
 from mrl.app.train import train
@@ -158,16 +159,42 @@ def test_sigkill_mid_epoch_then_resume_auto_equals_an_uninterrupted_run(tmp_path
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "resume=auto: resuming from" in resumed.stdout
     assert metrics_rows(run) == metrics_rows(tmp_path / "reference")
+    assert_same_training_log(run, tmp_path / "reference")  # the curve before the kill is kept, not logged twice
     final, ref = load(run / "checkpoints" / "last.ckpt"), load(tmp_path / "reference" / "checkpoints" / "last.ckpt")
     assert final["global_step"] == ref["global_step"] == 4 * STEPS_PER_EPOCH
     for key, value in ref["state_dict"].items():
         torch.testing.assert_close(final["state_dict"][key], value, rtol=0, atol=1e-6)
 
 
+def test_a_resumed_csv_log_keeps_the_rows_up_to_the_checkpoint_and_nothing_after(tmp_path):
+    """Worked by hand: rows up to the resumed step stay (an epoch-end row at that very step included), later
+    ones and a line cut short by a kill go, and a new column rewrites the header over the kept rows."""
+    from mrl.loggers import ResumableCSVLogger
+
+    folder = tmp_path / "csv"
+    folder.mkdir()
+    (folder / "metrics.csv").write_text("epoch,step,train/loss,val/top1@8\n0,4,2.0,\n0,9,,51.5\n1,14,1.5,\n"
+                                        "1,19,,60.0\n2,24,1.2,\n2,2")  # killed after step 24, mid-line
+    logger = ResumableCSVLogger(str(tmp_path), resume_step=19)
+    logger.log_metrics({"train/loss": 1.25, "lr": 0.1, "epoch": 2}, step=24)
+    logger.save()
+    with open(folder / "metrics.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["epoch"], r["step"], r["train/loss"], r["val/top1@8"], r["lr"]) for r in rows] == [
+        ("0", "4", "2.0", "", ""), ("0", "9", "", "51.5", ""), ("1", "14", "1.5", "", ""),
+        ("1", "19", "", "60.0", ""), ("2", "24", "1.25", "", "0.1")]
+    assert not list(folder.glob(".*"))  # the staged copy was moved into place
+    fresh = ResumableCSVLogger(str(tmp_path))  # no resume: a new run starts the file anew, as Lightning does
+    fresh.log_metrics({"train/loss": 3.0}, step=0)
+    fresh.save()
+    assert (folder / "metrics.csv").read_text().splitlines() == ["step,train/loss", "0,3.0"]
+
+
 @pytest.mark.parametrize("where", ["mid-epoch", "epoch-end"])
 def test_resume_with_augmentation_and_workers_is_exact(make_cfg, tmp_path, where):
     """Random crops and flips in two loader workers: the resumed run sees the same pixels, whether it
-    resumes inside an epoch or at its end (constant LR there, so a shorter first run has the same schedule)."""
+    resumes inside an epoch or at its end (constant LR there, so a shorter first run has the same schedule).
+    Resumed at an epoch's end in its own folder, its training log goes on from the first run's."""
     root = write_image_folder(tmp_path / "imgs", per_class=16, size=20)
     args = [*QUIET, "data=image_folder", f"data.root={root}", "data.image_size=16", "data.batch_size=8",
             "data.num_workers=2", "model=digits_cnn", "model.backbone.channels=[8,16,16]", "trainer.max_epochs=3",
@@ -177,13 +204,15 @@ def test_resume_with_augmentation_and_workers_is_exact(make_cfg, tmp_path, where
     if where == "mid-epoch":
         start = sorted((tmp_path / "full" / "checkpoints").glob("epoch001-step*.ckpt"))[0]
     else:
-        start = Path(train(make_cfg(*args, "trainer.max_epochs=2", out="first"))["last_model_path"])
+        start = Path(train(make_cfg(*args, "trainer.max_epochs=2", out="resumed"))["last_model_path"])
     resumed = train(make_cfg(*args, f"ckpt_path={start}", out="resumed"))
     assert resumed["test"] == pytest.approx(full["test"], abs=1e-9)
     a, b = load(Path(full["last_model_path"])), load(Path(resumed["last_model_path"]))
     assert a["global_step"] == b["global_step"]
     for key, value in a["state_dict"].items():
         torch.testing.assert_close(b["state_dict"][key], value, rtol=0, atol=1e-6)
+    if where == "epoch-end":
+        assert_same_training_log(tmp_path / "resumed", tmp_path / "full")
 
 
 def test_seeded_augmentation_is_a_function_of_the_sample_seed_alone():

@@ -31,7 +31,7 @@ from mrl.data.datamodules import VALIDATE_ON_TEST_WARNING
 from mrl.errors import ConfigError
 from mrl.lightning import MatryoshkaModule, check_resume_compatible
 from mrl.tasks import TASKS
-from mrl.loggers import create_loggers, new_wandb_run_id
+from mrl.loggers import create_loggers, logged_step, new_wandb_run_id
 from mrl.slurm import (JobRequeued, RequeueOnSignal, apply_process_env, check_allocation, cluster_environment,
                        requeue_signal, restart_count, slurm_job_id)
 from mrl.sync_batchnorm import CPUSyncBatchNorm
@@ -245,7 +245,8 @@ def _train(cfg: DictConfig, output_dir: Path, test_checkpoint: str, validation: 
     config = _plain(cfg)
     config["model"]["nesting_dims"] = list(dims)  # resolved ("auto" -> the sizes), so W&B can group runs by them
     loggers = create_loggers(_plain(cfg.get("logger")), output_dir, run_name(cfg, module), cfg.experiment_name, tags,
-                             config=config, wandb_run_id=identity.wandb_run_id)
+                             config=config, wandb_run_id=identity.wandb_run_id,
+                             resume_step=logged_step(checkpoint) if (do_train and ckpt_path) else None)
     callbacks, recovery = build_callbacks(_plain(cfg.get("callbacks")) or {}, module, output_dir, validates,
                                           bool(loggers), bar)
     callbacks += [identity, WandbSizeSummaries()]

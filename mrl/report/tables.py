@@ -323,12 +323,23 @@ def adaptive_retrieval_table(study: Study) -> Table:
                   "eval/adaptive_retrieval.csv)."], sources, spread=spread)
 
 
+def _ranges(numbers: Sequence[int]) -> str:
+    """``[0, 1, 2, 5]`` -> ``"0-2, 5"`` (sorted input)."""
+    spans: list[list[int]] = []
+    for n in numbers:
+        if spans and n == spans[-1][1] + 1:
+            spans[-1][1] = n
+        else:
+            spans.append([n, n])
+    return ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in spans)
+
+
 def validation_curve_table(study: Study) -> Table:
     """Validation top-1 (%) per epoch (rows): each model at its full width (its largest validated size; FF-k: k)
     in a column named by the model, and MRL at its smallest, a middle and its largest size (``MRL@<d>``); each
     cell the mean over the model's seeds. Models without a curve are named in the notes."""
     cells: dict[tuple[int, str], list[float]] = {}
-    sources, absent = [], []
+    sources, absent, gaps = [], [], []
     full: list[str] = []     # the model columns (MRL, MRL-E, FF-k)
     by_size: list[str] = []  # MRL@<d>, after them
     for m in (m for g in study.groups() for m in g):
@@ -336,6 +347,9 @@ def validation_curve_table(study: Study) -> Table:
             absent.append(f"{m.name} ({'no csv/metrics.csv' if m.val_curve is None else 'no val/top1@<d> values'})")
             continue
         dims = sorted(m.val_curve)
+        epochs = m.val_curve[dims[-1]]
+        if missing := sorted(set(range(max(epochs) + 1)) - set(epochs)):
+            gaps.append(f"{m.name} ({_ranges(missing)})")
         columns = [(m.label, dims[-1])]
         if m.kind == "mrl":
             columns += [(f"MRL@{d}", d) for d in dict.fromkeys((dims[0], dims[len(dims) // 2], dims[-1]))]
@@ -359,6 +373,9 @@ def validation_curve_table(study: Study) -> Table:
               "k); MRL@<d>: MRL at size d (the largest repeats the MRL column).")]
     if absent:
         notes.append(f"No validation curve: {', '.join(absent)}.")
+    if gaps:
+        notes.append(f"Epochs without a validation value in a model's curve (a cell there is the mean of the other "
+                     f"seeds): {', '.join(gaps)}.")
     return Table("validation_curve", "Validation top-1 (%) per epoch", ["epoch", *labels], rows, notes, sources,
                  spread=labels)
 
