@@ -48,6 +48,13 @@ def compose(overrides: list[str], output_dir: Path):
     return cfg
 
 
+@pytest.fixture(scope="session")
+def cifar10_cache(tmp_path_factory) -> str:
+    """The cache folder of every in-process test that reads the shared CIFAR-10 archive: its 60,000 JPEGs are
+    extracted once per session, not once per test (``make_cfg`` gives each run its own cache otherwise)."""
+    return str(tmp_path_factory.mktemp("cifar10-cache"))
+
+
 @pytest.fixture
 def make_cfg(tmp_path):
     def factory(*overrides: str, out: str = "run"):

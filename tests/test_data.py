@@ -119,8 +119,8 @@ def test_corrupt_archive_leaves_nothing(tmp_path):
     assert not [p for p in (tmp_path / "cache").iterdir() if not p.name.endswith(".lock")]
 
 
-def test_cifar10_from_shared_tar(tmp_path):
-    dm = create_datamodule("cifar10", root=str(CIFAR10_TAR), cache_dir=str(tmp_path), verify_images=False,
+def test_cifar10_from_shared_tar(cifar10_cache):
+    dm = create_datamodule("cifar10", root=str(CIFAR10_TAR), cache_dir=cifar10_cache, verify_images=False,
                            batch_size=16)
     dm.setup("fit")
     assert dm.class_names == CIFAR10_CLASSES  # torchvision's order too

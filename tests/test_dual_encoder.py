@@ -436,6 +436,7 @@ def test_shard_folders_without_pairs_or_splits_are_one_line_errors(tmp_path):
         ImageTextDataModule(format="webdataset")
 
 
+@pytest.mark.slow  # ~45 s; in CI: the tiny end-to-end run on image folders and the shard streams' own tests
 def test_dual_encoder_on_shards_trains_embeds_and_evaluates_as_the_image_folder_does(tmp_path):
     """Train on shards of a tiny ImageFolder, embed and evaluate its test split from the shards: the rows equal the
     checkpoint's embeddings of the folder's test images computed here directly (in another row order), and the

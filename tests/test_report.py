@@ -927,6 +927,7 @@ def test_epochs_missing_from_a_curve_are_named(tmp_path):
     assert [(r["epoch"], r["MRL_n"]) for r in curve.rows] == [(0, 1), (1, 1), (2, 2), (5, 1)]
 
 
+@pytest.mark.slow  # ~55 s; in CI: test_script on a written study, and each script's own end-to-end test
 def test_digits_end_to_end_through_the_scripts(tmp_path):
     """train -> embed -> eval -> report, each through its script, as scripts/cifar10_study.sh chains them."""
     import os

@@ -175,6 +175,7 @@ def test_training_on_shards_resumes_mid_epoch_to_the_same_weights(make_cfg, shar
         torch.testing.assert_close(b["state_dict"][key], value, rtol=0, atol=1e-6)
 
 
+@pytest.mark.slow  # ~60 s; in CI: the rank split in process (above), DDP training in test_ddp and test_trust
 def test_two_processes_train_on_shards_and_count_every_test_sample_once(make_cfg, shards):
     """DDP (2 CPU processes, gloo) on the shard streams: equal steps on both ranks, and the test accuracy
     counted over both ranks' shards covers the 16 test images exactly once."""
@@ -198,7 +199,8 @@ def trained_on_shards(shards, tmp_path_factory) -> str:
     return out["last_model_path"]
 
 
-@pytest.mark.parametrize("processes,workers", [(1, 2), (2, 1)])
+# two processes: ~40 s, slow; in CI the gather across processes is tested on digits (test_trust)
+@pytest.mark.parametrize("processes,workers", [(1, 2), pytest.param(2, 1, marks=pytest.mark.slow)])
 def test_embedding_from_shards_puts_every_sample_in_its_place(shards, trained_on_shards, tmp_path, processes,
                                                               workers):
     """scripts/embed.py's path on streamed shards: with loader workers and ranks reading in no fixed order, every

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import CIFAR10_TAR
+from conftest import CIFAR10_TAR, assert_same_training_log
 from mrl.app.train import train
 
 
 @pytest.mark.slow
-def test_cifar10_resnet18_beats_chance_at_every_size(make_cfg):
+def test_cifar10_resnet18_beats_chance_at_every_size(make_cfg, cifar10_cache):
     out = train(make_cfg("+experiment=cifar10_resnet18", "logger=csv", f"data.root={CIFAR10_TAR}",
+                         f"data.cache_dir={cifar10_cache}",
                          "data.num_workers=2", "trainer.max_epochs=1", "trainer.limit_train_batches=150",
                          "callbacks.refresh_rate=20"))
     test = out["test"]
@@ -44,3 +45,4 @@ def test_cifar10_killed_mid_epoch_resumes_to_the_uninterrupted_numbers(tmp_path)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     rows = [json.loads((d / "metrics_by_dim.json").read_text())["rows"] for d in (run, tmp_path / "reference")]
     assert rows[0] == rows[1]
+    assert_same_training_log(run, tmp_path / "reference")

@@ -47,16 +47,20 @@ def test_digits_presets_fast_dev_run(make_cfg, name, width):
     assert sorted(int(k.split("@")[1]) for k in out["test"] if k.startswith("top1@")) == dims
 
 
-def test_cifar10_preset_fast_dev_run_on_shared_tar(make_cfg):
-    out = train(make_cfg("+experiment=cifar10_resnet18", *FAST, f"data.root={CIFAR10_TAR}",
-                         "data.verify_images=false", "data.num_workers=0", "data.batch_size=8"))
+def on_shared_cifar10(cache: str) -> list[str]:
+    """The shared CIFAR-10 archive (extracted once per session into ``cache``), small batches, no workers."""
+    return [f"data.root={CIFAR10_TAR}", f"data.cache_dir={cache}", "data.verify_images=false", "data.num_workers=0",
+            "data.batch_size=8"]
+
+
+def test_cifar10_preset_fast_dev_run_on_shared_tar(make_cfg, cifar10_cache):
+    out = train(make_cfg("+experiment=cifar10_resnet18", *FAST, *on_shared_cifar10(cifar10_cache)))
     assert set(out["test"]) >= {f"top1@{m}" for m in (8, 16, 32, 64, 128, 256, 512)}
 
 
-def test_cifar10_vit_preset_trains_on_the_shared_tar(make_cfg):
+def test_cifar10_vit_preset_trains_on_the_shared_tar(make_cfg, cifar10_cache):
     """The CPU-scale ViT (results/cifar10_vit): timm's ViT cut to 6 blocks with 8x8 patches on 32x32 images."""
-    out = train(make_cfg("+experiment=cifar10_vit", *FAST, f"data.root={CIFAR10_TAR}", "data.verify_images=false",
-                         "data.num_workers=0", "data.batch_size=8"))
+    out = train(make_cfg("+experiment=cifar10_vit", *FAST, *on_shared_cifar10(cifar10_cache)))
     assert {f"top1@{m}" for m in (12, 24, 48, 96, 192)} == {k for k in out["test"] if k.startswith("top1@")}
 
 
