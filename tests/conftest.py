@@ -13,6 +13,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
+# Under pytest-xdist (-n N) each worker, and the scripts it starts, gets its share of the cores: torch would
+# otherwise start a thread per core in every worker, and N workers would fight over the same cores.
+if _workers := int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0")):
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // _workers)))
+
 # Tests never touch the network, whatever the caller's environment says.
 os.environ["WANDB_MODE"] = "offline"
 os.environ["HF_HUB_OFFLINE"] = "1"
