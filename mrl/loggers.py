@@ -7,6 +7,7 @@ or without network, W&B runs in offline mode (sync later with ``wandb sync <run 
 from __future__ import annotations
 
 import csv
+import io
 import math
 import netrc
 import os
@@ -20,6 +21,7 @@ from lightning.pytorch.loggers import CSVLogger, Logger, WandbLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 
 from mrl.network import host_reachable
+from mrl.report.run_tables import atomic_write_text
 
 WANDB_MODES = ("auto", "online", "offline", "disabled")
 
@@ -103,12 +105,11 @@ class _ContinuedMetricsWriter(ExperimentWriter):
             header = list(reader.fieldnames or [])
             rows = [row for row in reader if _row_step(row) <= self.keep_through_step]
         self.metrics_keys = header  # appended rows keep the columns; new ones rewrite the header (Lightning's code)
-        staged = path.with_name(f".{path.name}.resume")  # a kill while rewriting leaves the old file whole
-        with staged.open("w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=header)
-            writer.writeheader()
-            writer.writerows(rows)
-        os.replace(staged, path)
+        kept = io.StringIO()
+        writer = csv.DictWriter(kept, fieldnames=header)
+        writer.writeheader()
+        writer.writerows(rows)
+        atomic_write_text(path, kept.getvalue())  # a kill while rewriting leaves the old file whole
 
 
 class ResumableCSVLogger(CSVLogger):
