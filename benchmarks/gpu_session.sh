@@ -44,7 +44,7 @@ BENCH=(--root "$CIFAR10" --device cuda --precision bf16 --channels-last --small-
 [[ $PARTS == *" throughput "* ]] && part throughput_compile 120 "$PY" benchmarks/train_throughput.py "${BENCH[@]}" --repeats 1 --compile \
   --json "$OUT/throughput_gpu_bf16_compile.json"
 [[ $PARTS == *" resnet50 "* ]] && part resnet50_throughput 210 "$PY" benchmarks/model_throughput.py --device cuda \
-  --precision bf16 --channels-last --compile --heads mrl,ff --batch-size 256 --warmup 10 --steps 30 --repeats 3 \
+  --precision bf16 --memory-formats channels_last --compile --heads mrl,ff --batch-size 256 --warmup 10 --steps 30 --repeats 3 \
   --json "$OUT/model_throughput_gpu_resnet50.json"
 [[ $PARTS == *" ddp "* ]] && part ddp_one_gpu 90 "$PY" scripts/train.py +experiment=cifar10_resnet18 "data.root=$CIFAR10" data.verify_images=false \
   trainer=ddp trainer.devices=1 model.backbone.small_input=true model.channels_last=true data.batch_size=512 \

@@ -1,13 +1,20 @@
-"""Training images/s of a network alone at ImageNet scale: ResNet-50, 224 px, 1000 classes, on synthetic batches.
+"""Training images/s of a network alone, on synthetic batches: ResNet-50 at ImageNet scale by default.
 
-What one GPU can train when the data path keeps up (``benchmarks/dataloader.py`` measures the data path): a
+What the device can train when the data path keeps up (``benchmarks/dataloader.py`` measures the data path): a
 full step, forward, ``MatryoshkaLoss``, backward and SGD, on a fixed random batch that already sits on the device,
 so that neither decoding nor the host-to-device copy counts. Heads are compared side by side in one process:
-``mrl`` (nesting 8..2048, nine linear heads), ``mrle`` (one tied head) and ``ff`` (FF-2048, one head: a plain
-ResNet-50), each eager and, with ``--compile``, under ``torch.compile`` as well.
+``mrl`` (nesting up to the full width, one linear head per size), ``mrle`` (one tied head) and ``ff`` (FF at the
+full width, one head: the plain network), in each memory format of ``--memory-formats`` (NCHW ``contiguous``,
+NHWC ``channels_last``), eager and, with ``--compile``, under ``torch.compile`` as well.
 
-    python benchmarks/model_throughput.py --device cuda --precision bf16 --channels-last --compile \
+``--clock cpu`` times each step by the CPU time of this process instead of the wall clock: on a CPU shared with
+another job (a study training beside it) the wall clock measures the neighbour; run it with one thread
+(``OMP_NUM_THREADS=1``), so that the CPU time is the work of the step.
+
+    python benchmarks/model_throughput.py --device cuda --precision bf16 --memory-formats channels_last --compile \
         --json results/benchmarks/model_throughput_gpu.json
+    OMP_NUM_THREADS=1 python benchmarks/model_throughput.py --backbone torchvision/resnet18 --num-classes 10 \
+        --image-size 32 --batch-size 128 --heads mrl --memory-formats contiguous,channels_last --clock cpu
     python benchmarks/model_throughput.py --batch-size 8 --image-size 64 --steps 3   # a CPU smoke run
 """
 
@@ -24,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 from benchmarks.common import alternate, write_json  # noqa: E402
 from mrl import create_model  # noqa: E402
+from mrl.encoders import create_encoder  # noqa: E402
 from mrl.losses import CrossEntropy, MatryoshkaLoss  # noqa: E402
 from mrl.optim import create_optimizer  # noqa: E402
 
@@ -40,7 +48,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--repeats", type=int, default=3, help="eager runs of each head, alternated")
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     p.add_argument("--precision", choices=["32", "bf16"], default="32", help="bf16: autocast")
-    p.add_argument("--channels-last", action="store_true", help="NHWC weights and inputs")
+    p.add_argument("--memory-formats", default="contiguous",
+                   help="comma-separated, timed side by side: contiguous (NCHW), channels_last (NHWC)")
+    p.add_argument("--clock", choices=["wall", "cpu"], default="wall",
+                   help="cpu: CPU time of this process (a CPU shared with another job; use one thread)")
     p.add_argument("--compile", action="store_true", help="also time each head under torch.compile (one run each)")
     p.add_argument("--json", type=Path, default=None)
     args = p.parse_args(argv)
@@ -48,9 +59,18 @@ def parse_args(argv=None) -> argparse.Namespace:
     unknown = sorted(set(args.heads) - {"mrl", "mrle", "ff"})
     if unknown or not args.heads:
         p.error(f"--heads: unknown {unknown or 'empty list'}; choose from mrl, mrle, ff")
+    args.memory_formats = [f.strip() for f in args.memory_formats.split(",") if f.strip()]
+    unknown = sorted(set(args.memory_formats) - set(MEMORY_FORMATS))
+    if unknown or not args.memory_formats:
+        p.error(f"--memory-formats: unknown {unknown or 'empty list'}; choose from {', '.join(MEMORY_FORMATS)}")
+    if args.clock == "cpu" and args.device == "cuda":
+        p.error("--clock cpu: the CPU time of the host does not time device work; use --clock wall on cuda")
     if args.device == "cuda" and not torch.cuda.is_available():
         p.error("--device cuda: no CUDA device is visible")
     return args
+
+
+MEMORY_FORMATS = {"contiguous": torch.contiguous_format, "channels_last": torch.channels_last}
 
 
 def synchronize(args) -> None:
@@ -58,36 +78,41 @@ def synchronize(args) -> None:
         torch.cuda.synchronize()
 
 
-def train_rate(args, head: str, compiled: bool) -> float:
+def variant_name(head: str, memory_format: str, compiled: bool) -> str:
+    return head + f" {memory_format}" * (memory_format != "contiguous") + " compiled" * compiled
+
+
+def train_rate(args, head: str, memory_format: str, compiled: bool) -> float:
     """Images/s over ``args.steps`` timed steps of one freshly built model (``head``), after ``args.warmup``."""
     torch.manual_seed(0)
     model = create_model(args.backbone, head=head, num_classes=args.num_classes,
-                         nesting_dims=[2048] if head == "ff" else "auto")
-    memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
-    model = model.to(args.device, memory_format=memory_format).train()
+                         nesting_dims=[args.width] if head == "ff" else "auto")  # FF: the plain network, one head
+    layout = MEMORY_FORMATS[memory_format]
+    model = model.to(args.device, memory_format=layout).train()
     criterion = MatryoshkaLoss(CrossEntropy(0.1), [1.0] * len(model.nesting_dims)).to(args.device)
     optimizer = create_optimizer(model, lr=0.1, weight_decay=1e-4)
     network = torch.compile(model) if compiled else model
     x = torch.randn(args.batch_size, 3, args.image_size, args.image_size, device=args.device)
-    x = x.contiguous(memory_format=memory_format)
+    x = x.contiguous(memory_format=layout)
     y = torch.randint(0, args.num_classes, (args.batch_size,), device=args.device)
+    clock = time.process_time if args.clock == "cpu" else time.perf_counter
     if args.device == "cuda":
         torch.cuda.reset_peak_memory_stats()
     for step in range(args.warmup + args.steps):
         if step == args.warmup:
             synchronize(args)
-            t0 = time.perf_counter()
+            t0 = clock()
         with torch.autocast(args.device, dtype=torch.bfloat16, enabled=args.precision == "bf16"):
             loss = criterion(network(x), y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
     synchronize(args)
-    seconds = time.perf_counter() - t0
+    seconds = clock() - t0
     if not torch.isfinite(loss):
         raise RuntimeError(f"{head}: the loss is {loss.item()} after {args.warmup + args.steps} steps")
     if args.device == "cuda":
-        peak_memory_gib[f"{head}{' compiled' * compiled}"] = torch.cuda.max_memory_allocated() / 2**30
+        peak_memory_gib[variant_name(head, memory_format, compiled)] = torch.cuda.max_memory_allocated() / 2**30
     return args.steps * args.batch_size / seconds
 
 
@@ -96,20 +121,23 @@ peak_memory_gib: dict[str, float] = {}
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    rates, median = alternate({head: (lambda h=head: train_rate(args, h, False)) for head in args.heads},
-                              args.repeats, "images/s")
+    args.width = create_encoder(name=args.backbone).width  # the full embedding width (FF's size)
+    variants = [(h, f) for h in args.heads for f in args.memory_formats]
+    rates, median = alternate({variant_name(h, f, False): (lambda h=h, f=f: train_rate(args, h, f, False))
+                               for h, f in variants}, args.repeats, "images/s")
     if args.compile:
-        compiled_rates, compiled = alternate({f"{h} compiled": (lambda h=h: train_rate(args, h, True))
-                                              for h in args.heads}, 1, "images/s")
+        compiled_rates, compiled = alternate({variant_name(h, f, True): (lambda h=h, f=f: train_rate(args, h, f, True))
+                                              for h, f in variants}, 1, "images/s")
         rates.update(compiled_rates)
         median.update(compiled)
-    setting = f"{args.device}, precision {args.precision}" + ", channels_last" * args.channels_last
-    print(f"\n{args.backbone}, {args.image_size} px, {args.num_classes} classes ({setting}), batch {args.batch_size}, "
-          f"{args.steps} timed steps, synthetic data on the device:")
-    reference = median[args.heads[-1]]
+    clock = "CPU time of this process" if args.clock == "cpu" else "wall clock"
+    print(f"\n{args.backbone}, {args.image_size} px, {args.num_classes} classes ({args.device}, precision "
+          f"{args.precision}, {torch.get_num_threads()} threads), batch {args.batch_size}, {args.steps} timed steps, "
+          f"synthetic data on the device, {clock}:")
+    reference = variant_name(args.heads[-1], args.memory_formats[0], False)
     for name, rate in median.items():
         memory = f", peak memory {peak_memory_gib[name]:.1f} GiB" if name in peak_memory_gib else ""
-        print(f"  {name:14s} {rate:9.1f} images/s  ({rate / reference:.3f} x {args.heads[-1]} eager){memory}")
+        print(f"  {name:28s} {rate:9.1f} images/s  ({rate / median[reference]:.3f} x {reference}){memory}")
     write_json(args.json, args, images_per_s=rates, median=median, peak_memory_gib=peak_memory_gib)
     return 0
 

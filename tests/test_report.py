@@ -1047,7 +1047,8 @@ def test_a_control_study_is_compared_per_method_and_size(tmp_path):
 
 def test_a_setting_missing_from_older_configs_is_not_called_a_recipe_change(study):
     """A key only newer runs' configs have (the framework added it later) is noted as such; a value that really
-    differs is a recipe difference, with the models that lack it shown as not set."""
+    differs is a recipe difference, with the models that lack it shown as not set;
+    a memory layout is how it ran, not a recipe."""
     def edit(folder, change):
         path = study / folder / ".hydra" / "config.yaml"
         cfg = yaml.safe_load(path.read_text())
@@ -1058,9 +1059,14 @@ def test_a_setting_missing_from_older_configs_is_not_called_a_recipe_change(stud
     for folder in folders[1:]:
         edit(folder, lambda cfg: cfg["model"].update(compile=False))
     edit(folders[1], lambda cfg: cfg["trainer"].update(max_epochs=5))
+    for folder in folders:
+        edit(folder, lambda cfg, f=folder: cfg["model"].update(channels_last=f == folders[2]))
     notes = collect_study(study).notes
     assert f"model.compile is not in the configs of {folders[0]} (made before the setting existed); the others " \
            "have False" in notes
     differs = [n for n in notes if n.startswith("recipe differs")]
     assert differs == ["recipe differs across models: trainer.max_epochs = " + ", ".join(
         f"{f}: {5 if f == folders[1] else 3}" for f in folders)]
+    # a memory layout is how the recipe ran, not another recipe: noted, grouped by value
+    assert "executed differently (the same recipe, rounding aside): model.channels_last = " + "; ".join(
+        [f"False for {', '.join(f for f in folders if f != folders[2])}", f"True for {folders[2]}"]) in notes

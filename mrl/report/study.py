@@ -71,6 +71,9 @@ MODEL_NAME = re.compile(r"^(?:(mrl)|(mrle)|ff(\d+))(?:-seed(\d+))?$")
 DEFAULT_SEED = 42
 # config keys that legitimately differ between the models of a study (not reported as recipe differences)
 PER_MODEL_KEYS = ("model.head", "model.nesting_dims", "ckpt_path", "hydra", "seed")
+# how the same arithmetic is executed (memory layout, compilation): models differing in these are noted as run
+# differently, not as trained with another recipe (the results differ only by floating-point rounding)
+EXECUTION_KEYS = ("model.channels_last", "model.compile")
 
 
 @dataclass
@@ -493,6 +496,12 @@ def _summarise(root: Path, models: dict[str, Model], missing: list[str], notes: 
         if absent and len(distinct) == 1:  # runs made before the framework had the setting: not a recipe change
             notes.append(f"{key} is not in the configs of {', '.join(absent)} (made before the setting existed); "
                          f"the others have {next(iter(given.values()))}")
+        elif len(distinct) > 1 and key in EXECUTION_KEYS:
+            by_value: dict[str, list[str]] = {}
+            for name in flat:
+                by_value.setdefault(str(given.get(name, "(not set)")), []).append(name)
+            notes.append(f"executed differently (the same recipe, rounding aside): {key} = " +
+                         "; ".join(f"{v} for {', '.join(names)}" for v, names in by_value.items()))
         elif len(distinct) > 1:
             notes.append(f"recipe differs across models: {key} = " +
                          ", ".join(f"{n}: {given.get(n, '(not set)')}" for n in flat))
