@@ -72,7 +72,7 @@ DEFAULT_SEED = 42
 # config keys that legitimately differ between the models of a study (not reported as recipe differences)
 PER_MODEL_KEYS = ("model.head", "model.nesting_dims", "ckpt_path", "hydra", "seed")
 # how the same arithmetic is executed (memory layout, compilation): models differing in these are noted as run
-# differently, not as trained with another recipe (the results differ only by floating-point rounding)
+# differently, not as trained with another recipe (the computation differs only in floating-point rounding)
 EXECUTION_KEYS = ("model.channels_last", "model.compile")
 
 
