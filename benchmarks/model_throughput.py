@@ -45,14 +45,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--warmup", type=int, default=10, help="steps before the timed window")
     p.add_argument("--steps", type=int, default=30, help="timed steps per run")
-    p.add_argument("--repeats", type=int, default=3, help="eager runs of each head, alternated")
+    p.add_argument("--repeats", type=int, default=3, help="eager runs of each variant, alternated")
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     p.add_argument("--precision", choices=["32", "bf16"], default="32", help="bf16: autocast")
     p.add_argument("--memory-formats", default="contiguous",
                    help="comma-separated, timed side by side: contiguous (NCHW), channels_last (NHWC)")
     p.add_argument("--clock", choices=["wall", "cpu"], default="wall",
                    help="cpu: CPU time of this process (a CPU shared with another job; use one thread)")
-    p.add_argument("--compile", action="store_true", help="also time each head under torch.compile (one run each)")
+    p.add_argument("--compile", action="store_true", help="also time each variant under torch.compile (one run each)")
     p.add_argument("--json", type=Path, default=None)
     args = p.parse_args(argv)
     args.heads = [h.strip() for h in args.heads.split(",") if h.strip()]
